@@ -1,0 +1,149 @@
+"""The warehouse layout: every DuckDB table distsync writes, with its columns.
+
+This is the contract between the layers: ingestion (``contracts/``) fills ``ingest``,
+``staging`` and ``canonical``; reconciliation fills ``marts``; delivery fills ``sync``.
+Quantities in ``canonical`` and ``marts`` are in the item's base unit; timestamps are
+``TIMESTAMPTZ`` in UTC; ``item_id`` is ``MATNR`` without leading zeros and
+``location_id`` is ``WERKS``.
+
+``staging.<feed>`` keeps the accepted rows of *every* accepted file version (with
+``_file_path``, ``_sha256``, ``_extract_ts``), so the current version of a feed can
+always be rebuilt (degraded mode, corrections, out-of-order arrival) without reading a
+landing file twice. ``canonical.*`` holds the current version only, chosen by each
+feed's rule (see ``contracts/feeds.py``).
+"""
+
+from __future__ import annotations
+
+import duckdb
+
+SCHEMAS = ("ingest", "staging", "canonical", "marts", "sync")
+
+# --- ingest ------------------------------------------------------------------------------
+INGEST_DDL = {
+    "ingest.manifest": """
+        file_path VARCHAR,          -- landing-relative: erp/item_master/item_master_<TS>.csv
+        system VARCHAR, feed VARCHAR,
+        extract_ts TIMESTAMPTZ,     -- <TS> of the file name
+        sha256 VARCHAR, size_bytes BIGINT,
+        rows_read BIGINT, rows_accepted BIGINT, rows_quarantined BIGINT,
+        rows_duplicate BIGINT,      -- exact duplicate rows collapsed into one
+        outcome VARCHAR,            -- accepted | rejected | duplicate
+        reason VARCHAR,
+        ingested_at TIMESTAMPTZ,    -- wall clock of the ingestion (audit only)
+        run_as_of TIMESTAMPTZ,      -- as_of of the run that ingested it
+        source_uri VARCHAR          -- full path or s3:// URL it was read from
+    """,
+    # what was last seen at a path (size + mtime / ETag), to skip unchanged files
+    # without reading or hashing them again
+    "ingest.file_state": """
+        file_path VARCHAR PRIMARY KEY, size_bytes BIGINT, signature VARCHAR, sha256 VARCHAR
+    """,
+    "ingest.quarantine": """
+        file_path VARCHAR, sha256 VARCHAR, system VARCHAR, feed VARCHAR,
+        row_number BIGINT,          -- 1-based data row (header excluded; JSONL line; Parquet row)
+        rule VARCHAR,               -- e.g. null_value, malformed_key, bad_number, negative_quantity,
+                                    -- invalid_value, unknown_uom, unmapped_code, unknown_item,
+                                    -- unknown_location, conflicting_duplicate
+        "column" VARCHAR,           -- the column the rule is about (null for row rules)
+        detail VARCHAR,
+        raw VARCHAR,                -- the raw row as JSON text
+        code_kind VARCHAR,          -- for unmapped_code: item | location
+        code VARCHAR                -- for unmapped_code: the external code
+    """,
+    # one row per feed per run: which file is current and whether it is stale
+    "ingest.feed_status": """
+        system VARCHAR, feed VARCHAR, current_files BIGINT, newest_file VARCHAR,
+        newest_extract_ts TIMESTAMPTZ, age_hours DOUBLE, freshness_limit_hours DOUBLE,
+        stale BOOLEAN, run_as_of TIMESTAMPTZ
+    """,
+}
+
+# --- canonical (current version of each entity) ------------------------------------------
+CANONICAL_DDL = {
+    "canonical.item": """
+        item_id VARCHAR, matnr VARCHAR, description VARCHAR, base_uom VARCHAR,
+        material_group VARCHAR, standard_cost DOUBLE, currency VARCHAR,
+        deletion_flag BOOLEAN, source_file VARCHAR
+    """,
+    "canonical.location": """
+        location_id VARCHAR, name VARCHAR, country VARCHAR, region VARCHAR, source_file VARCHAR
+    """,
+    "canonical.item_location": """
+        item_id VARCHAR, location_id VARCHAR, planner_code VARCHAR, lead_time_days INTEGER,
+        safety_stock DOUBLE, order_multiple DOUBLE, source_file VARCHAR
+    """,
+    "canonical.uom_conversion": """
+        item_id VARCHAR, uom VARCHAR, numerator BIGINT, denominator BIGINT,
+        factor DOUBLE,              -- base units per one uom = numerator / denominator
+        source_file VARCHAR
+    """,
+    "canonical.item_xref": """
+        system VARCHAR,             -- PLANNING | WMS
+        external_code VARCHAR, item_id VARCHAR, source_file VARCHAR
+    """,
+    "canonical.location_xref": """
+        system VARCHAR, external_code VARCHAR, location_id VARCHAR, source_file VARCHAR
+    """,
+    # one row per source record of the current snapshot of each system
+    "canonical.inventory_snapshot": """
+        system VARCHAR,             -- erp | wms | planning
+        item_id VARCHAR, location_id VARCHAR,
+        storage_location VARCHAR,   -- ERP LGORT, WMS bin, null for planning
+        lot VARCHAR,                -- WMS lot (null is a value)
+        stock_status VARCHAR,       -- WMS status; null otherwise
+        qty DOUBLE,                 -- base units (ERP: LABST+INSME+SPEME converted)
+        unrestricted_qty DOUBLE, quality_qty DOUBLE, blocked_qty DOUBLE,  -- ERP only
+        source_uom VARCHAR, snapshot_at TIMESTAMPTZ, source_file VARCHAR
+    """,
+    # every distinct txn_id, once
+    "canonical.inventory_txn": """
+        txn_id VARCHAR, item_id VARCHAR, location_id VARCHAR, qty DOUBLE,
+        txn_type VARCHAR, txn_at TIMESTAMPTZ, reference VARCHAR, source_file VARCHAR
+    """,
+    # the current forecast version (latest published_at)
+    "canonical.forecast": """
+        item_id VARCHAR, location_id VARCHAR, week_start DATE, qty DOUBLE,
+        source_qty DOUBLE, source_uom VARCHAR, forecast_version VARCHAR,
+        published_at TIMESTAMPTZ, source_file VARCHAR
+    """,
+    # latest version of each PO line by file <TS>
+    "canonical.purchase_order_line": """
+        ebeln VARCHAR, ebelp VARCHAR, item_id VARCHAR, location_id VARCHAR, supplier VARCHAR,
+        order_date DATE, delivery_date DATE,
+        ordered_qty DOUBLE, received_qty DOUBLE,   -- base units
+        order_uom VARCHAR, source_ordered_qty DOUBLE, source_received_qty DOUBLE,
+        deleted BOOLEAN, delivery_completed BOOLEAN, confirmation_date DATE,
+        plan_ref VARCHAR, changed_at TIMESTAMPTZ, extract_ts TIMESTAMPTZ, source_file VARCHAR
+    """,
+    # latest version of each recommendation by file <TS>
+    "canonical.planned_order": """
+        recommendation_id VARCHAR, item_id VARCHAR, location_id VARCHAR, qty DOUBLE,
+        source_qty DOUBLE, source_uom VARCHAR, need_date DATE, released_at TIMESTAMPTZ,
+        status VARCHAR, extract_ts TIMESTAMPTZ, source_file VARCHAR
+    """,
+    # natural keys quarantined as conflicting_duplicate in a current snapshot file:
+    # reconciliation marks these item-locations unverifiable for that system
+    "canonical.conflict_key": """
+        system VARCHAR, feed VARCHAR, item_id VARCHAR, location_id VARCHAR,
+        natural_key VARCHAR, source_file VARCHAR
+    """,
+}
+
+
+def create_all(con: duckdb.DuckDBPyConnection) -> None:
+    """Create every schema and the ingest/canonical tables that do not exist yet."""
+    for schema in SCHEMAS:
+        con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+    for name, cols in {**INGEST_DDL, **CANONICAL_DDL}.items():
+        con.execute(f"CREATE TABLE IF NOT EXISTS {name} ({cols})")
+
+
+def table_exists(con: duckdb.DuckDBPyConnection, qualified: str) -> bool:
+    schema, table = qualified.split(".")
+    return bool(
+        con.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
+            [schema, table],
+        ).fetchone()[0]
+    )
