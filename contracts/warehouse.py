@@ -51,6 +51,12 @@ INGEST_DDL = {
         code_kind VARCHAR,          -- for unmapped_code: item | location
         code VARCHAR                -- for unmapped_code: the external code
     """,
+    # the file versions that make up each feed's current version at the run's as_of
+    # (one file for a snapshot feed; every contributing file for purchase_order,
+    # planned_order and transaction); rebuilt by every run
+    "ingest.current_files": """
+        file_path VARCHAR, sha256 VARCHAR, system VARCHAR, feed VARCHAR, extract_ts TIMESTAMPTZ
+    """,
     # one row per feed per run: which file is current and whether it is stale
     "ingest.feed_status": """
         system VARCHAR, feed VARCHAR, current_files BIGINT, newest_file VARCHAR,
