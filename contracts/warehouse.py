@@ -22,6 +22,7 @@ SCHEMAS = ("ingest", "staging", "canonical", "marts", "sync")
 # --- ingest ------------------------------------------------------------------------------
 INGEST_DDL = {
     "ingest.manifest": """
+        seq BIGINT,                 -- ingestion order (a later seq is a later version)
         file_path VARCHAR,          -- landing-relative: erp/item_master/item_master_<TS>.csv
         system VARCHAR, feed VARCHAR,
         extract_ts TIMESTAMPTZ,     -- <TS> of the file name
@@ -33,6 +34,16 @@ INGEST_DDL = {
         ingested_at TIMESTAMPTZ,    -- wall clock of the ingestion (audit only)
         run_as_of TIMESTAMPTZ,      -- as_of of the run that ingested it
         source_uri VARCHAR          -- full path or s3:// URL it was read from
+    """,
+    # fingerprint of the current files each canonical table was last built from:
+    # an unchanged fingerprint means the table is not rebuilt (incremental runs)
+    "ingest.canonical_state": """
+        feed VARCHAR PRIMARY KEY, fingerprint VARCHAR, built_at TIMESTAMPTZ
+    """,
+    # conflicting_duplicate keys of every ingested snapshot file, mapped to item-locations
+    "staging.conflict_key": """
+        system VARCHAR, feed VARCHAR, item_id VARCHAR, location_id VARCHAR, natural_key VARCHAR,
+        _file_path VARCHAR, _sha256 VARCHAR
     """,
     # what was last seen at a path (size + mtime / ETag), to skip unchanged files
     # without reading or hashing them again

@@ -1,0 +1,288 @@
+"""Ingest delivered files: manifest, hash idempotency, quarantine, staging.
+
+For each file found in the landing zone:
+
+- unchanged since last seen (same size and mtime / ETag) -> skipped, nothing written;
+- same bytes as the version already ingested under that name -> manifest ``duplicate``;
+- otherwise parsed (``contracts/readers.py``), checked (``contracts/mapping.py``) and
+  recorded: ``accepted`` (accepted rows go to ``staging.<feed>``) or ``rejected`` with
+  its reason (unparseable, a full snapshot with no rows, or more than
+  ``settings.reject_bad_row_share`` of its rows quarantined). A file with the same name
+  and a new hash is a correction: a new version that supersedes the earlier one.
+
+Each file is written in one DuckDB transaction, so a table is never half-loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import duckdb
+import polars as pl
+
+from contracts import landing as landing_mod
+from contracts.feeds import FEEDS, INGEST_ORDER, Feed, LandingFile
+from contracts.mapping import Prepared, References, prepare
+from contracts.readers import ROW_NUMBER, FileRejected, read_feed_file
+from contracts.settings import Settings
+from contracts.warehouse import create_all, table_exists
+
+
+@dataclass
+class FileOutcome:
+    rel_path: str
+    feed: str | None
+    outcome: str                      # accepted | rejected | duplicate
+    reason: str | None
+    rows_read: int = 0
+    rows_accepted: int = 0
+    rows_quarantined: int = 0
+    rule_counts: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+@dataclass
+class FeedIngest:
+    feed: str
+    files: list[FileOutcome] = field(default_factory=list)
+    skipped_unchanged: int = 0
+
+    @property
+    def changed(self) -> bool:
+        return any(f.outcome in ("accepted", "rejected") for f in self.files)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def load_references(con: duckdb.DuckDBPyConnection) -> References:
+    def q(sql: str) -> pl.DataFrame:
+        return con.execute(sql).pl()
+
+    return References(
+        items=q("SELECT item_id, matnr, base_uom FROM canonical.item"),
+        locations=q("SELECT location_id FROM canonical.location"),
+        uom=q("SELECT item_id, uom, factor FROM canonical.uom_conversion"),
+        item_xref=q("SELECT system, external_code, item_id FROM canonical.item_xref"),
+        location_xref=q("SELECT system, external_code, location_id FROM canonical.location_xref"),
+    )
+
+
+def _latest_version(con, rel_path: str):
+    return con.execute(
+        """SELECT sha256, outcome, ingested_at FROM ingest.manifest
+           WHERE file_path = ? AND outcome IN ('accepted', 'rejected')
+           ORDER BY seq DESC LIMIT 1""",
+        [rel_path],
+    ).fetchone()
+
+
+def _state(con, rel_path: str):
+    return con.execute("SELECT signature, sha256 FROM ingest.file_state WHERE file_path = ?", [rel_path]).fetchone()
+
+
+def _write_manifest(con, *, rel_path, system, feed, extract_ts, sha, size, outcome, reason, as_of, uri,
+                    rows_read=0, rows_accepted=0, rows_quarantined=0, rows_duplicate=0) -> None:
+    con.execute(
+        """INSERT INTO ingest.manifest BY NAME SELECT
+             (SELECT coalesce(max(seq), 0) + 1 FROM ingest.manifest) AS seq,
+             ? AS file_path, ? AS system, ? AS feed, ? AS extract_ts, ? AS sha256, ? AS size_bytes,
+             ? AS rows_read, ? AS rows_accepted, ? AS rows_quarantined, ? AS rows_duplicate,
+             ? AS outcome, ? AS reason, ? AS ingested_at, ? AS run_as_of, ? AS source_uri""",
+        [rel_path, system, feed, extract_ts, sha, size, rows_read, rows_accepted, rows_quarantined,
+         rows_duplicate, outcome, reason, _now(), as_of, uri],
+    )
+
+
+def _write_state(con, rel_path: str, size: int, signature: str, sha: str) -> None:
+    con.execute(
+        """INSERT INTO ingest.file_state VALUES (?, ?, ?, ?)
+           ON CONFLICT (file_path) DO UPDATE SET size_bytes = excluded.size_bytes,
+             signature = excluded.signature, sha256 = excluded.sha256""",
+        [rel_path, size, signature, sha],
+    )
+
+
+def _quarantine_rows(feed: Feed, parsed: pl.DataFrame, prep: Prepared, rel_path: str, sha: str) -> pl.DataFrame:
+    raw_json = parsed.select(
+        ROW_NUMBER,
+        pl.struct([pl.col(c).cast(pl.String) for c in feed.columns]).struct.json_encode().alias("raw"),
+    )
+    return prep.quarantine.join(raw_json, on=ROW_NUMBER, how="left").select(
+        pl.lit(rel_path).alias("file_path"), pl.lit(sha).alias("sha256"), pl.lit(feed.system).alias("system"),
+        pl.lit(feed.name).alias("feed"), pl.col(ROW_NUMBER).alias("row_number"), "rule", "column", "detail",
+        "raw", "code_kind", "code",
+    ).sort("row_number", "rule")
+
+
+def _insert_staging(con, feed: Feed, staged: pl.DataFrame, rel_path: str, sha: str, extract_ts: datetime) -> None:
+    frame = staged.with_columns(
+        pl.lit(rel_path).alias("_file_path"), pl.lit(sha).alias("_sha256"),
+        pl.lit(extract_ts).cast(pl.Datetime("us", "UTC")).alias("_extract_ts"),
+    )
+    con.register("_staged", frame)
+    try:
+        con.execute(f"CREATE TABLE IF NOT EXISTS {feed.staging_table} AS SELECT * FROM _staged LIMIT 0")
+        con.execute(f"DELETE FROM {feed.staging_table} WHERE _file_path = ? AND _sha256 = ?", [rel_path, sha])
+        con.execute(f"INSERT INTO {feed.staging_table} BY NAME SELECT * FROM _staged")
+    finally:
+        con.unregister("_staged")
+
+
+def ingest_file(con: duckdb.DuckDBPyConnection, lf: LandingFile, refs: References, settings: Settings,
+                as_of: datetime, data: bytes | None = None) -> FileOutcome | None:
+    """Ingest one landing file; None when it is unchanged since it was last seen."""
+    started = time.perf_counter()
+    feed = lf.feed
+    state = _state(con, lf.rel_path)
+    if state is not None and state[0] == lf.signature:
+        return None
+    data = landing_mod.read_bytes(lf.uri) if data is None else data
+    sha = hashlib.sha256(data).hexdigest()
+    common = dict(rel_path=lf.rel_path, system=feed.system, feed=feed.name, extract_ts=lf.extract_ts,
+                  sha=sha, size=len(data), as_of=as_of, uri=lf.uri)
+    latest = _latest_version(con, lf.rel_path)
+    if latest is not None and latest[0] == sha:
+        con.execute("BEGIN TRANSACTION")
+        reason = f"identical re-delivery of the version ingested at {latest[2].isoformat()}"
+        _write_manifest(con, **common, outcome="duplicate", reason=reason)
+        _write_state(con, lf.rel_path, len(data), lf.signature, sha)
+        con.execute("COMMIT")
+        return FileOutcome(lf.rel_path, feed.name, "duplicate", reason, seconds=time.perf_counter() - started)
+
+    try:
+        parsed = read_feed_file(feed, data)
+    except FileRejected as exc:
+        con.execute("BEGIN TRANSACTION")
+        _write_manifest(con, **common, outcome="rejected", reason=str(exc))
+        _write_state(con, lf.rel_path, len(data), lf.signature, sha)
+        con.execute("COMMIT")
+        return FileOutcome(lf.rel_path, feed.name, "rejected", str(exc), seconds=time.perf_counter() - started)
+    del data
+
+    prep = prepare(feed, parsed, refs)
+    n_bad = prep.rows_quarantined
+    reason = None
+    if prep.rows_read == 0 and feed.is_full_snapshot:
+        reason = "full snapshot with no rows"
+    elif prep.rows_read and n_bad / prep.rows_read > settings.reject_bad_row_share:
+        reason = (f"{n_bad} of {prep.rows_read} rows quarantined ({n_bad / prep.rows_read:.1%}), over the "
+                  f"{settings.reject_bad_row_share:.0%} limit")
+    outcome = "rejected" if reason else "accepted"
+    rule_counts = dict(prep.quarantine.group_by("rule").agg(pl.col(ROW_NUMBER).n_unique()).iter_rows()) \
+        if n_bad else {}
+    if outcome == "accepted" and n_bad:
+        reason = f"{n_bad} rows quarantined: " + ", ".join(f"{k} {v}" for k, v in sorted(rule_counts.items()))
+    quarantine = _quarantine_rows(feed, parsed, prep, lf.rel_path, sha)
+    del parsed
+    rows_accepted = prep.staged.height if outcome == "accepted" else 0
+
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute("DELETE FROM ingest.quarantine WHERE file_path = ? AND sha256 = ?", [lf.rel_path, sha])
+        if quarantine.height:
+            con.register("_q", quarantine)
+            con.execute("INSERT INTO ingest.quarantine BY NAME SELECT * FROM _q")
+            con.unregister("_q")
+        if outcome == "accepted":
+            _insert_staging(con, feed, prep.staged, lf.rel_path, sha, lf.extract_ts)
+            con.execute("DELETE FROM staging.conflict_key WHERE _file_path = ? AND _sha256 = ?", [lf.rel_path, sha])
+            if prep.conflicts.height:
+                conflicts = prep.conflicts.with_columns(
+                    pl.lit(feed.system).alias("system"), pl.lit(feed.name).alias("feed"),
+                    pl.lit(lf.rel_path).alias("_file_path"), pl.lit(sha).alias("_sha256"))
+                con.register("_c", conflicts)
+                con.execute("INSERT INTO staging.conflict_key BY NAME SELECT * FROM _c")
+                con.unregister("_c")
+        _write_manifest(con, **common, outcome=outcome, reason=reason, rows_read=prep.rows_read,
+                        rows_accepted=rows_accepted, rows_quarantined=n_bad, rows_duplicate=prep.rows_duplicate)
+        _write_state(con, lf.rel_path, common["size"], lf.signature, sha)
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    return FileOutcome(lf.rel_path, feed.name, outcome, reason, prep.rows_read, rows_accepted, n_bad,
+                       rule_counts, time.perf_counter() - started)
+
+
+def record_unrecognised(con, item: landing_mod.Unrecognised, as_of: datetime) -> FileOutcome | None:
+    """A file in the landing zone that is not named like any feed's file: rejected, recorded."""
+    sig = f"{item.size}:unrecognised"
+    state = _state(con, item.rel_path)
+    if state is not None and state[0] == sig:
+        return None
+    data = landing_mod.read_bytes(item.uri)
+    sha = hashlib.sha256(data).hexdigest()
+    parts = item.rel_path.split("/")
+    system = parts[0] if len(parts) > 1 else None
+    feed = parts[1] if len(parts) > 2 else None
+    reason = "file name does not follow <system>/<feed>/<feed>_<YYYYMMDDTHHMMSSZ>.<csv|jsonl|parquet>"
+    con.execute("BEGIN TRANSACTION")
+    _write_manifest(con, rel_path=item.rel_path, system=system, feed=feed, extract_ts=None, sha=sha,
+                    size=len(data), outcome="rejected", reason=reason, as_of=as_of, uri=item.uri)
+    _write_state(con, item.rel_path, len(data), sig, sha)
+    con.execute("COMMIT")
+    return FileOutcome(item.rel_path, feed, "rejected", reason)
+
+
+def ingest_feed(con: duckdb.DuckDBPyConnection, feed: Feed, files: list[LandingFile], settings: Settings,
+                as_of: datetime) -> FeedIngest:
+    """Ingest the given files of one feed, oldest name first."""
+    result = FeedIngest(feed.name)
+    refs = load_references(con)
+    for lf in sorted(files, key=lambda f: (f.extract_ts, f.rel_path)):
+        outcome = ingest_file(con, lf, refs, settings, as_of)
+        if outcome is None:
+            result.skipped_unchanged += 1
+        else:
+            result.files.append(outcome)
+    return result
+
+
+def ingest_landing(con: duckdb.DuckDBPyConnection, landing: str, settings: Settings, as_of: datetime,
+                   build: bool = True) -> dict[str, FeedIngest]:
+    """Ingest every feed in dependency order, rebuilding each canonical table as it goes.
+
+    This is the whole ingestion layer in one call (the Dagster assets run the same steps
+    one feed at a time).
+    """
+    from contracts.canonical_build import build_canonical_feed, build_feed_status
+
+    create_all(con)
+    files, unknown = landing_mod.list_landing(landing)
+    by_feed: dict[str, list[LandingFile]] = {}
+    for lf in files:
+        by_feed.setdefault(lf.feed.name, []).append(lf)
+    results: dict[str, FeedIngest] = {}
+    for name in INGEST_ORDER:
+        results[name] = ingest_feed(con, FEEDS[name], by_feed.get(name, []), settings, as_of)
+        if build:
+            build_canonical_feed(con, FEEDS[name], settings, as_of)
+    extra = FeedIngest("unrecognised")
+    for item in unknown:
+        out = record_unrecognised(con, item, as_of)
+        if out is not None:
+            extra.files.append(out)
+    results["unrecognised"] = extra
+    if build:
+        build_feed_status(con, settings, as_of)
+    return results
+
+
+def quarantine_summary(con: duckdb.DuckDBPyConnection, feed: str, limit: int = 5) -> tuple[dict, list[dict]]:
+    """(rows per rule over the feed's current files, a sample of quarantined rows)."""
+    if not table_exists(con, "ingest.current_files"):
+        return {}, []
+    counts = dict(con.execute(
+        """SELECT q.rule, count(DISTINCT (q.file_path, q.row_number)) FROM ingest.quarantine q
+           JOIN ingest.current_files c USING (file_path, sha256) WHERE q.feed = ? GROUP BY 1 ORDER BY 1""",
+        [feed]).fetchall())
+    sample = con.execute(
+        """SELECT q.file_path, q.row_number, q.rule, q."column", q.detail, q.raw FROM ingest.quarantine q
+           JOIN ingest.current_files c USING (file_path, sha256) WHERE q.feed = ?
+           ORDER BY q.file_path, q.row_number LIMIT ?""", [feed, limit]).pl().to_dicts()
+    return counts, sample

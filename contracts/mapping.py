@@ -1,0 +1,340 @@
+"""From a file's raw rows to canonical-shaped staging rows, with the cross-feed rules.
+
+For one parsed file this module
+
+1. collapses exact duplicate rows (counted, not quarantined);
+2. quarantines every row of a natural key that occurs with different values
+   (``conflicting_duplicate``) and remembers those keys' item-locations (they are
+   ``unverifiable`` in reconciliation);
+3. applies the feed's raw pandera contract (``contracts/raw.py``);
+4. maps external codes through the xrefs (``unmapped_code``), checks ids against the
+   masters (``unknown_item`` / ``unknown_location``) and converts quantities to the
+   item's base unit with ``UMREZ / UMREN`` (``unknown_uom`` when the unit has no
+   conversion; only the base unit itself has factor 1);
+5. returns the rows that broke no rule, typed, in the feed's staging shape.
+
+A row is reported once per rule it broke (and column), so ``ingest.quarantine`` lists
+every rule of a bad row. All steps are polars expressions over whole columns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import polars as pl
+
+from contracts import raw
+from contracts.feeds import Feed
+from contracts.readers import ROW_NUMBER
+
+IDX = "_row_idx"
+
+QUARANTINE_SCHEMA = {
+    ROW_NUMBER: pl.Int64, "rule": pl.String, "column": pl.String, "detail": pl.String,
+    "code_kind": pl.String, "code": pl.String,
+}
+
+
+@dataclass(frozen=True)
+class References:
+    """Current master data that files are checked and mapped against (polars frames)."""
+
+    items: pl.DataFrame        # item_id, matnr, base_uom
+    locations: pl.DataFrame    # location_id
+    uom: pl.DataFrame          # item_id, uom, factor
+    item_xref: pl.DataFrame    # system, external_code, item_id
+    location_xref: pl.DataFrame  # system, external_code, location_id
+
+    @classmethod
+    def empty(cls) -> "References":
+        return cls(
+            items=pl.DataFrame(schema={"item_id": pl.String, "matnr": pl.String, "base_uom": pl.String}),
+            locations=pl.DataFrame(schema={"location_id": pl.String}),
+            uom=pl.DataFrame(schema={"item_id": pl.String, "uom": pl.String, "factor": pl.Float64}),
+            item_xref=pl.DataFrame(schema={"system": pl.String, "external_code": pl.String, "item_id": pl.String}),
+            location_xref=pl.DataFrame(
+                schema={"system": pl.String, "external_code": pl.String, "location_id": pl.String}
+            ),
+        )
+
+
+@dataclass
+class Prepared:
+    staged: pl.DataFrame          # accepted rows, staging shape, with _row_number
+    quarantine: pl.DataFrame      # QUARANTINE_SCHEMA (+ raw JSON added by the caller)
+    rows_read: int
+    rows_duplicate: int           # exact duplicates collapsed
+    conflicts: pl.DataFrame       # item_id, location_id, natural_key (JSON)
+
+    @property
+    def rows_quarantined(self) -> int:
+        return self.quarantine.select(pl.col(ROW_NUMBER).n_unique()).item() if self.quarantine.height else 0
+
+
+def item_id_of(matnr: pl.Expr) -> pl.Expr:
+    """Canonical item id: MATNR without its leading zeros (``0`` stays ``0``)."""
+    stripped = matnr.str.strip_chars_start("0")
+    return pl.when(stripped == "").then(pl.lit("0")).otherwise(stripped)
+
+
+def _q(df: pl.DataFrame, mask: pl.Expr, rule: str, column: str | None, detail: pl.Expr | str,
+       code_kind: str | None = None, code: pl.Expr | None = None) -> pl.DataFrame:
+    detail_expr = detail if isinstance(detail, pl.Expr) else pl.lit(detail)
+    return df.filter(mask).select(
+        pl.col(ROW_NUMBER),
+        pl.lit(rule).alias("rule"),
+        pl.lit(column, dtype=pl.String).alias("column"),
+        detail_expr.cast(pl.String).alias("detail"),
+        pl.lit(code_kind, dtype=pl.String).alias("code_kind"),
+        (code if code is not None else pl.lit(None, dtype=pl.String)).cast(pl.String).alias("code"),
+    )
+
+
+# --- duplicates ---------------------------------------------------------------------------
+def _duplicates(feed: Feed, df: pl.DataFrame) -> tuple[pl.DataFrame, int, pl.DataFrame]:
+    """(rows without exact duplicates, number collapsed, rows in conflicting key groups)."""
+    cols = list(feed.columns)
+    key = list(feed.key)
+    key_hash = pl.struct(key).hash(seed=0)
+    cand = df.filter(key_hash.is_duplicated())
+    if cand.height == 0:
+        return df, 0, df.head(0)
+    # exact duplicates among the candidates: keep the first occurrence of each full row
+    first = cand.unique(subset=cols, keep="first", maintain_order=True)
+    drop_rows = cand.join(first.select(ROW_NUMBER), on=ROW_NUMBER, how="anti").select(ROW_NUMBER)
+    kept = df.join(drop_rows, on=ROW_NUMBER, how="anti") if drop_rows.height else df
+    # conflicting: a key that still occurs more than once (null keys are left to null_key)
+    present = pl.all_horizontal([pl.col(k).is_not_null() for k in key if k != "lot"])
+    conflict = first.filter(present & pl.struct(key).is_duplicated())
+    return kept, drop_rows.height, conflict
+
+
+# --- per-feed mapping ---------------------------------------------------------------------
+def _lookup_item(df: pl.DataFrame, refs: References, matnr_col: str) -> pl.DataFrame:
+    items = refs.items.select(pl.col("matnr").alias("_matnr"), pl.col("item_id").alias("_item_id"),
+                              pl.col("base_uom").alias("_base_uom"))
+    return df.join(items, left_on=matnr_col, right_on="_matnr", how="left")
+
+
+def _lookup_location(df: pl.DataFrame, refs: References, werks_col: str) -> pl.DataFrame:
+    locs = refs.locations.select(pl.col("location_id").alias("_location_id"),
+                                 pl.lit(True).alias("_loc_known"))
+    return df.join(locs, left_on=werks_col, right_on="_location_id", how="left").with_columns(
+        pl.when(pl.col("_loc_known")).then(pl.col(werks_col)).alias("_location_id")
+    )
+
+
+def _map_xref(df: pl.DataFrame, refs: References, system: str, item_col: str, loc_col: str) -> pl.DataFrame:
+    ix = refs.item_xref.filter(pl.col("system") == system).select(
+        pl.col("external_code").alias("_ic"), pl.col("item_id").alias("_item_id"))
+    lx = refs.location_xref.filter(pl.col("system") == system).select(
+        pl.col("external_code").alias("_lc"), pl.col("location_id").alias("_location_id"))
+    out = df.join(ix, left_on=item_col, right_on="_ic", how="left").join(
+        lx, left_on=loc_col, right_on="_lc", how="left")
+    base = refs.items.select(pl.col("item_id").alias("_item_id"), pl.col("base_uom").alias("_base_uom"))
+    return out.join(base, on="_item_id", how="left")
+
+
+def _factor(df: pl.DataFrame, refs: References, uom_col: str) -> pl.DataFrame:
+    """Adds ``_factor``: 1 for the base unit, UMREZ/UMREN for a known unit, else null."""
+    conv = refs.uom.select(pl.col("item_id").alias("_item_id"), pl.col("uom").alias("_uom"),
+                           pl.col("factor").alias("_conv"))
+    out = df.join(conv, left_on=["_item_id", uom_col], right_on=["_item_id", "_uom"], how="left")
+    return out.with_columns(
+        pl.when(pl.col(uom_col) == pl.col("_base_uom")).then(pl.lit(1.0)).otherwise(pl.col("_conv")).alias("_factor")
+    )
+
+
+def _ref_rules(feed: Feed, df: pl.DataFrame, refs: References) -> tuple[pl.DataFrame, list[pl.DataFrame]]:
+    """Joins the references onto ``df`` and returns (joined frame, quarantine parts)."""
+    qs: list[pl.DataFrame] = []
+    name = feed.name
+
+    def unknown_item(col: str) -> None:
+        qs.append(_q(df, pl.col(col).is_not_null() & pl.col("_item_id").is_null(), "unknown_item", col,
+                     pl.format("MATNR {} is not in item_master", pl.col(col))))
+
+    def unknown_location(col: str) -> None:
+        qs.append(_q(df, pl.col(col).is_not_null() & pl.col("_location_id").is_null(), "unknown_location", col,
+                     pl.format("WERKS {} is not in location_master", pl.col(col))))
+
+    def unknown_uom(col: str) -> None:
+        qs.append(_q(df, pl.col("_item_id").is_not_null() & pl.col(col).is_not_null() & pl.col("_factor").is_null(),
+                     "unknown_uom", col,
+                     pl.format("unit {} has no conversion for item {} (base unit {})",
+                               pl.col(col), pl.col("_item_id"), pl.col("_base_uom"))))
+
+    def unmapped(system: str, col: str, kind: str) -> None:
+        target = "_item_id" if kind == "item" else "_location_id"
+        qs.append(_q(df, pl.col(col).is_not_null() & pl.col(target).is_null(), "unmapped_code", col,
+                     pl.format("{} code {} has no {} xref", pl.lit(system), pl.col(col), pl.lit(kind)),
+                     code_kind=kind, code=pl.col(col)))
+
+    if name in ("uom_conversion", "item_location", "item_xref", "inventory_balance", "purchase_order"):
+        df = _lookup_item(df, refs, "MATNR")
+        unknown_item("MATNR")
+    if name in ("item_location", "location_xref", "inventory_balance", "purchase_order"):
+        df = _lookup_location(df, refs, "WERKS")
+        unknown_location("WERKS")
+    if name in ("inventory_balance", "purchase_order"):
+        ucol = "MEINS" if name == "inventory_balance" else "BSTME"
+        df = _factor(df, refs, ucol)
+        unknown_uom(ucol)
+    if name in ("forecast", "inventory_position", "planned_order"):
+        df = _map_xref(df, refs, "PLANNING", "product_code", "site_code")
+        unmapped("planning", "product_code", "item")
+        unmapped("planning", "site_code", "location")
+        df = _factor(df, refs, "uom")
+        unknown_uom("uom")
+    if name in ("stock_snapshot", "transaction"):
+        df = _map_xref(df, refs, "WMS", "sku", "warehouse_code")
+        unmapped("wms", "sku", "item")
+        unmapped("wms", "warehouse_code", "location")
+    return df, qs
+
+
+def _shape(feed: Feed, df: pl.DataFrame) -> pl.DataFrame:
+    """Typed staging columns of accepted rows (all rules passed, references joined)."""
+    n, d, ts = raw.erp_number, raw.erp_date, raw.erp_timestamp
+    name = feed.name
+    if name == "item_master":
+        return df.select(
+            item_id_of(pl.col("MATNR")).alias("item_id"), pl.col("MATNR").alias("matnr"),
+            pl.col("MAKTX").alias("description"), pl.col("MEINS").alias("base_uom"),
+            pl.col("MATKL").alias("material_group"), n("STPRS").alias("standard_cost"),
+            pl.col("WAERS").alias("currency"), (pl.col("LVORM").fill_null("") == "X").alias("deletion_flag"),
+            ROW_NUMBER)
+    if name == "uom_conversion":
+        return df.select(
+            pl.col("_item_id").alias("item_id"), pl.col("MEINH").alias("uom"),
+            pl.col("UMREZ").cast(pl.Int64).alias("numerator"), pl.col("UMREN").cast(pl.Int64).alias("denominator"),
+            (pl.col("UMREZ").cast(pl.Float64) / pl.col("UMREN").cast(pl.Float64)).alias("factor"), ROW_NUMBER)
+    if name == "location_master":
+        return df.select(pl.col("WERKS").alias("location_id"), pl.col("NAME1").alias("name"),
+                         pl.col("LAND1").alias("country"), pl.col("REGIO").alias("region"), ROW_NUMBER)
+    if name == "item_location":
+        return df.select(
+            pl.col("_item_id").alias("item_id"), pl.col("WERKS").alias("location_id"),
+            pl.col("DISPO").alias("planner_code"), pl.col("PLIFZ").str.strip_chars().cast(pl.Int32).alias("lead_time_days"),
+            n("EISBE").alias("safety_stock"), n("BSTRF").alias("order_multiple"), ROW_NUMBER)
+    if name == "item_xref":
+        return df.select(pl.col("SYSTEM").alias("system"), pl.col("EXTERNAL_CODE").alias("external_code"),
+                         pl.col("_item_id").alias("item_id"), ROW_NUMBER)
+    if name == "location_xref":
+        return df.select(pl.col("SYSTEM").alias("system"), pl.col("EXTERNAL_CODE").alias("external_code"),
+                         pl.col("WERKS").alias("location_id"), ROW_NUMBER)
+    if name == "inventory_balance":
+        f = pl.col("_factor")
+        return df.select(
+            pl.lit("erp").alias("system"), pl.col("_item_id").alias("item_id"), pl.col("WERKS").alias("location_id"),
+            pl.col("LGORT").alias("storage_location"), pl.lit(None, pl.String).alias("lot"),
+            pl.lit(None, pl.String).alias("stock_status"),
+            ((n("LABST") + n("INSME") + n("SPEME")) * f).alias("qty"),
+            (n("LABST") * f).alias("unrestricted_qty"), (n("INSME") * f).alias("quality_qty"),
+            (n("SPEME") * f).alias("blocked_qty"), pl.col("MEINS").alias("source_uom"),
+            ts("EXTRACTED_AT").alias("snapshot_at"), ROW_NUMBER)
+    if name == "purchase_order":
+        f = pl.col("_factor")
+        wemng = n("WEMNG").fill_null(0.0)
+        return df.select(
+            pl.col("EBELN").alias("ebeln"), pl.col("EBELP").alias("ebelp"), pl.col("_item_id").alias("item_id"),
+            pl.col("WERKS").alias("location_id"), pl.col("LIFNR").alias("supplier"),
+            d("BEDAT").alias("order_date"), d("EINDT").alias("delivery_date"),
+            (n("MENGE") * f).alias("ordered_qty"), (wemng * f).alias("received_qty"),
+            pl.col("BSTME").alias("order_uom"), n("MENGE").alias("source_ordered_qty"),
+            wemng.alias("source_received_qty"),
+            (pl.col("LOEKZ").fill_null("") == "L").alias("deleted"),
+            (pl.col("ELIKZ").fill_null("") == "X").alias("delivery_completed"),
+            d("CONF_DATE").alias("confirmation_date"), pl.col("PLAN_REF").alias("plan_ref"),
+            ts("CHANGED_AT").alias("changed_at"), ROW_NUMBER)
+    if name == "forecast":
+        return df.select(
+            pl.col("_item_id").alias("item_id"), pl.col("_location_id").alias("location_id"),
+            raw.iso_date("week_start").alias("week_start"), (n("qty") * pl.col("_factor")).alias("qty"),
+            n("qty").alias("source_qty"), pl.col("uom").alias("source_uom"),
+            pl.col("forecast_version"), raw.iso_timestamp("published_at").alias("published_at"), ROW_NUMBER)
+    if name == "inventory_position":
+        return df.select(
+            pl.lit("planning").alias("system"), pl.col("_item_id").alias("item_id"),
+            pl.col("_location_id").alias("location_id"), pl.lit(None, pl.String).alias("storage_location"),
+            pl.lit(None, pl.String).alias("lot"), pl.lit(None, pl.String).alias("stock_status"),
+            (n("on_hand") * pl.col("_factor")).alias("qty"), pl.lit(None, pl.Float64).alias("unrestricted_qty"),
+            pl.lit(None, pl.Float64).alias("quality_qty"), pl.lit(None, pl.Float64).alias("blocked_qty"),
+            pl.col("uom").alias("source_uom"), raw.iso_timestamp("as_of").alias("snapshot_at"), ROW_NUMBER)
+    if name == "planned_order":
+        return df.select(
+            pl.col("recommendation_id"), pl.col("_item_id").alias("item_id"),
+            pl.col("_location_id").alias("location_id"), (n("qty") * pl.col("_factor")).alias("qty"),
+            n("qty").alias("source_qty"), pl.col("uom").alias("source_uom"),
+            raw.iso_date("need_date").alias("need_date"), raw.iso_timestamp("released_at").alias("released_at"),
+            pl.col("status"), ROW_NUMBER)
+    if name == "stock_snapshot":
+        return df.select(
+            pl.lit("wms").alias("system"), pl.col("_item_id").alias("item_id"),
+            pl.col("_location_id").alias("location_id"), pl.col("bin").alias("storage_location"),
+            pl.col("lot"), pl.col("status").alias("stock_status"), pl.col("qty_each").cast(pl.Float64).alias("qty"),
+            pl.lit(None, pl.Float64).alias("unrestricted_qty"), pl.lit(None, pl.Float64).alias("quality_qty"),
+            pl.lit(None, pl.Float64).alias("blocked_qty"), pl.lit(None, pl.String).alias("source_uom"),
+            pl.col("snapshot_at"), ROW_NUMBER)
+    if name == "transaction":
+        return df.select(
+            pl.col("txn_id"), pl.col("_item_id").alias("item_id"), pl.col("_location_id").alias("location_id"),
+            pl.col("qty_each").cast(pl.Float64).alias("qty"), pl.col("txn_type"), pl.col("txn_at"),
+            pl.col("reference"), ROW_NUMBER)
+    raise KeyError(name)
+
+
+def _conflict_item_locations(feed: Feed, conflict: pl.DataFrame, refs: References) -> pl.DataFrame:
+    schema = {"item_id": pl.String, "location_id": pl.String, "natural_key": pl.String}
+    if conflict.height == 0 or feed.name not in ("inventory_balance", "stock_snapshot", "inventory_position"):
+        return pl.DataFrame(schema=schema)
+    if feed.name == "inventory_balance":
+        mapped = conflict.with_columns(item_id_of(pl.col("MATNR")).alias("_item_id"),
+                                       pl.col("WERKS").alias("_location_id"))
+    elif feed.name == "stock_snapshot":
+        mapped = _map_xref(conflict, refs, "WMS", "sku", "warehouse_code")
+    else:
+        mapped = _map_xref(conflict, refs, "PLANNING", "product_code", "site_code")
+    return mapped.filter(pl.col("_item_id").is_not_null() & pl.col("_location_id").is_not_null()).select(
+        pl.col("_item_id").alias("item_id"), pl.col("_location_id").alias("location_id"),
+        pl.struct([pl.col(k).cast(pl.String) for k in feed.key]).struct.json_encode().alias("natural_key"),
+    ).unique(maintain_order=True)
+
+
+def prepare(feed: Feed, df: pl.DataFrame, refs: References) -> Prepared:
+    rows_read = df.height
+    kept, n_dup, conflict = _duplicates(feed, df)
+    parts: list[pl.DataFrame] = []
+    if conflict.height:
+        parts.append(_q(conflict, pl.lit(True), "conflicting_duplicate", None,
+                        pl.format("natural key ({}) occurs with different values in this file",
+                                  pl.concat_str([pl.col(k).cast(pl.String).fill_null("null") for k in feed.key],
+                                                separator=", "))))
+    fails = raw.rule_failures(feed, kept)
+    if fails.height:
+        positions = kept.select(ROW_NUMBER).with_row_index(IDX).with_columns(pl.col(IDX).cast(pl.Int64))
+        parts.append(
+            fails.join(positions, on=IDX, how="left").select(
+                ROW_NUMBER, "rule", "column", "detail",
+                pl.lit(None, pl.String).alias("code_kind"), pl.lit(None, pl.String).alias("code"))
+        )
+    # reference rules only where the value has the right form (a malformed MATNR is
+    # reported as malformed_key, not also as unknown_item)
+    bad_cells = fails.select(IDX, "column") if fails.height else None
+    joined, ref_parts = _ref_rules(feed, kept, refs)
+    if bad_cells is not None and ref_parts:
+        bad = bad_cells.join(kept.select(ROW_NUMBER).with_row_index(IDX).with_columns(pl.col(IDX).cast(pl.Int64)),
+                             on=IDX).select(ROW_NUMBER, "column")
+        ref_parts = [p.join(bad, on=[ROW_NUMBER, "column"], how="anti") for p in ref_parts]
+    parts.extend(ref_parts)
+    quarantine = (pl.concat([p.cast(QUARANTINE_SCHEMA) for p in parts]) if parts
+                  else pl.DataFrame(schema=QUARANTINE_SCHEMA))
+    bad_rows = quarantine.select(ROW_NUMBER).unique()
+    accepted = joined.join(bad_rows, on=ROW_NUMBER, how="anti") if bad_rows.height else joined
+    return Prepared(
+        staged=_shape(feed, accepted),
+        quarantine=quarantine,
+        rows_read=rows_read,
+        rows_duplicate=n_dup,
+        conflicts=_conflict_item_locations(feed, conflict, refs),
+    )
