@@ -1,0 +1,111 @@
+"""Canonical contracts: one pandera (polars) schema per canonical entity.
+
+The raw contracts (``contracts/raw.py``) decide which delivered rows are usable; these
+decide whether a built canonical table may flow on to reconciliation. A violation here
+means the pipeline itself (or a master-data combination nobody foresaw) produced a bad
+table, so the Dagster check built on it is *blocking*.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import duckdb
+import pandera.polars as pa
+import polars as pl
+
+S, F, I, B = pl.String, pl.Float64, pl.Int64, pl.Boolean
+D, TS = pl.Date, pl.Datetime("us", "UTC")
+
+
+def _nonneg(name: str = "non_negative") -> pa.Check:
+    return pa.Check(lambda d: d.lazyframe.select(pl.col(d.key).fill_null(0) >= 0), name=name)
+
+
+def _positive(name: str = "positive") -> pa.Check:
+    return pa.Check(lambda d: d.lazyframe.select(pl.col(d.key) > 0), name=name)
+
+
+def _isin(*values: str) -> pa.Check:
+    return pa.Check(lambda d: d.lazyframe.select(pl.col(d.key).is_in(list(values))), name="allowed_value")
+
+
+def col(dtype, nullable: bool = False, checks: list | None = None) -> pa.Column:
+    return pa.Column(dtype, nullable=nullable, checks=checks or [], coerce=False)
+
+
+SCHEMAS: dict[str, tuple[dict[str, pa.Column], list[str] | None]] = {
+    "canonical.item": ({
+        "item_id": col(S), "matnr": col(S, checks=[pa.Check.str_matches(r"^\d{18}$")]),
+        "base_uom": col(S), "standard_cost": col(F, checks=[_nonneg()]),
+        "deletion_flag": col(B),
+    }, ["item_id"]),
+    "canonical.location": ({"location_id": col(S)}, ["location_id"]),
+    "canonical.item_location": ({
+        "item_id": col(S), "location_id": col(S), "planner_code": col(S, nullable=True),
+        "lead_time_days": col(pl.Int32, checks=[_nonneg()]), "safety_stock": col(F, checks=[_nonneg()]),
+        "order_multiple": col(F, checks=[_nonneg()]),
+    }, ["item_id", "location_id"]),
+    "canonical.uom_conversion": ({
+        "item_id": col(S), "uom": col(S), "factor": col(F, checks=[_positive()]),
+    }, ["item_id", "uom"]),
+    "canonical.item_xref": ({
+        "system": col(S, checks=[_isin("PLANNING", "WMS")]), "external_code": col(S), "item_id": col(S),
+    }, ["system", "external_code"]),
+    "canonical.location_xref": ({
+        "system": col(S, checks=[_isin("PLANNING", "WMS")]), "external_code": col(S), "location_id": col(S),
+    }, ["system", "external_code"]),
+    "canonical.inventory_snapshot": ({
+        "system": col(S, checks=[_isin("erp", "wms", "planning")]), "item_id": col(S), "location_id": col(S),
+        "qty": col(F, checks=[_nonneg()]), "snapshot_at": col(TS),
+    }, None),
+    "canonical.inventory_txn": ({
+        "txn_id": col(S), "item_id": col(S), "location_id": col(S), "qty": col(F), "txn_at": col(TS),
+    }, ["txn_id"]),
+    "canonical.forecast": ({
+        "item_id": col(S), "location_id": col(S), "week_start": col(D),
+        "qty": col(F, checks=[_nonneg()]), "forecast_version": col(S), "published_at": col(TS),
+    }, ["item_id", "location_id", "week_start"]),
+    "canonical.purchase_order_line": ({
+        "ebeln": col(S), "ebelp": col(S), "item_id": col(S), "location_id": col(S),
+        "delivery_date": col(D), "ordered_qty": col(F, checks=[_nonneg()]),
+        "received_qty": col(F, checks=[_nonneg()]), "deleted": col(B), "delivery_completed": col(B),
+    }, ["ebeln", "ebelp"]),
+    "canonical.planned_order": ({
+        "recommendation_id": col(S), "item_id": col(S), "location_id": col(S),
+        "qty": col(F, checks=[_nonneg()]), "need_date": col(D), "released_at": col(TS),
+        "status": col(S, checks=[_isin("RELEASED", "CANCELLED")]),
+    }, ["recommendation_id"]),
+}
+
+
+@lru_cache(maxsize=None)
+def canonical_schema(table: str) -> pa.DataFrameSchema:
+    columns, unique = SCHEMAS[table]
+    return pa.DataFrameSchema(columns, unique=unique, name=table, strict=False)
+
+
+def validate_table(con: duckdb.DuckDBPyConnection, table: str, where: str = "", sample: int = 5) -> dict:
+    """Check a canonical table against its contract.
+
+    Returns ``{"rows": n, "failures": {check: count}, "sample": [...]}``; no failures
+    means the table may flow on.
+    """
+    columns, _ = SCHEMAS[table]
+    cols = ", ".join(columns)
+    frame = con.execute(f"SELECT {cols} FROM {table} {where}").pl()
+    # DuckDB hands TIMESTAMPTZ back in the session time zone; the contract is UTC
+    frame = frame.with_columns(
+        [pl.col(c).dt.convert_time_zone("UTC") for c, t in frame.schema.items() if isinstance(t, pl.Datetime)]
+    )
+    try:
+        canonical_schema(table).validate(frame, lazy=True)
+    except pa.errors.SchemaErrors as exc:
+        fc = exc.failure_cases
+        counts = {
+            f"{r['column'] or 'table'}: {r['check']}": r["n"]
+            for r in fc.group_by("column", "check").agg(pl.len().alias("n")).sort("column", "check").to_dicts()
+        }
+        return {"rows": frame.height, "failures": counts,
+                "sample": fc.head(sample).with_columns(pl.all().cast(pl.String)).to_dicts()}
+    return {"rows": frame.height, "failures": {}, "sample": []}
