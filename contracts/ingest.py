@@ -243,6 +243,14 @@ def ingest_feed(con: duckdb.DuckDBPyConnection, feed: Feed, files: list[LandingF
     return result
 
 
+def ingest_feed_from_landing(con: duckdb.DuckDBPyConnection, feed: Feed, landing: str, settings: Settings,
+                             as_of: datetime) -> FeedIngest:
+    """List the feed's folder in the landing zone and ingest what is new."""
+    create_all(con)
+    files, _ = landing_mod.list_landing(landing, f"{feed.system}/{feed.name}")
+    return ingest_feed(con, feed, files, settings, as_of)
+
+
 def ingest_landing(con: duckdb.DuckDBPyConnection, landing: str, settings: Settings, as_of: datetime,
                    build: bool = True) -> dict[str, FeedIngest]:
     """Ingest every feed in dependency order, rebuilding each canonical table as it goes.

@@ -54,7 +54,8 @@ def _hidden(name: str) -> bool:
     return name.startswith(".") or name.endswith((".tmp", ".part", ".crc"))
 
 
-def list_landing(url: str) -> tuple[list[LandingFile], list[Unrecognised]]:
+def list_landing(url: str, subdir: str | None = None) -> tuple[list[LandingFile], list[Unrecognised]]:
+    """Every file under the landing (or only under ``subdir``, e.g. ``erp/item_master``)."""
     fs, root = filesystem(url)
     scheme = "s3://" if url.startswith("s3://") else ""
     try:
@@ -62,7 +63,7 @@ def list_landing(url: str) -> tuple[list[LandingFile], list[Unrecognised]]:
             raise LandingError(f"landing folder not found: {url}")
         if scheme:
             fs.invalidate_cache()
-        found = fs.find(root, detail=True)
+        found = fs.find(f"{root}/{subdir}" if subdir else root, detail=True)
     except LandingError:
         raise
     except Exception as exc:  # noqa: BLE001 - any storage error is one line for the operator

@@ -40,6 +40,10 @@ INGEST_DDL = {
     "ingest.canonical_state": """
         feed VARCHAR PRIMARY KEY, fingerprint VARCHAR, built_at TIMESTAMPTZ
     """,
+    # the last canonical contract result per table, with the files it was computed from
+    "ingest.canonical_check": """
+        table_name VARCHAR PRIMARY KEY, files_key VARCHAR, result VARCHAR
+    """,
     # conflicting_duplicate keys of every ingested snapshot file, mapped to item-locations
     "staging.conflict_key": """
         system VARCHAR, feed VARCHAR, item_id VARCHAR, location_id VARCHAR, natural_key VARCHAR,
