@@ -1,0 +1,331 @@
+"""Forecast-to-order alignment and netting (semantics.md §4).
+
+Everything is columnar DuckDB SQL. The horizon is laid out *wide*: one row per
+item-location with one column per week (``d0…``, ``s0…``, ``p0…``), so the whole run is
+two hash aggregations (forecast, PO lines) and a handful of column expressions generated
+by a loop over the ``H`` weeks — no sort, no window, no Python loop per item-location.
+The weekly table ``marts.projection`` is the same data unpivoted.
+
+Rules, with the decisions taken where the spec is silent:
+
+* Week 0 is the ISO week (Monday start) containing ``run_date`` (UTC date of ``as_of``);
+  week ``w`` covers ``[Monday_0 + 7w, Monday_0 + 7w + 7)``. A forecast row belongs to the
+  week of its ``week_start`` (weeks before 0 and from ``H`` on are ignored).
+* An *outstanding* PO line is open (not ``LOEKZ = L``, not ``ELIKZ = X``) and still has an
+  open quantity ``max(MENGE − WEMNG, 0) > 0`` in base units. It supplies the week of its
+  ``EINDT``; lines due before week 0 supply week 0 (and are ``LATE_PO``, see
+  ``exceptions.py``); lines due from week ``H`` on, or with no ``EINDT``, are ignored.
+* ``on_hand`` is the ERP quantity (sum over storage locations), 0 when absent.
+* ``P_w = on_hand + Σ_{k≤w}(s_k − d_k)``; a week is short when ``P_w < SS − ε``
+  (ε = ``settings.match_epsilon``, so float noise is no shortage).
+* ``L = ceil(PLIFZ / 7)`` (0 when PLIFZ is null). ``shortage_qty = SS − P_w`` at the first
+  short week when that week is ``< L``, else 0.
+* Netting over ``w = L … H−1`` uses the closed form of the sequential rule: with
+  ``sf_w = SS − P_w`` and ``R(x)`` = ``x`` rounded up to a multiple of ``BSTRF`` (``x``
+  itself when ``BSTRF = 0``; 0 when ``x ≤ ε``), the cumulative proposal is
+  ``Q_w = R(max(0, max_{L≤k≤w} sf_k))`` and the proposal of week ``w`` is
+  ``Q_w − Q_{w−1}``. Proof sketch: every proposal is a multiple of ``BSTRF``, so
+  ``Q_{w−1} = m·j`` and ``Q_{w−1} + R(sf_w − Q_{w−1}) = m·ceil(sf_w / m) = R(sf_w)``;
+  when ``sf_w ≤ Q_{w−1}`` then ``R(sf_w) ≤ Q_{w−1}``. Hence ``Q_w = max(Q_{w−1}, R(sf_w))``.
+  ``tests/reconciliation/test_alignment.py`` checks it against the sequential loop on
+  random data, fractional multiples included.
+* Excess: ``avg_d = Σ d_w / H``; ``P_{H−1} > SS + excess_weeks · avg_d`` (without
+  proposals) and at least one outstanding line supplies a week in ``L … H−1`` (a past-due
+  line supplies week 0, which counts only when ``L = 0``).
+* Status: ``shortage_in_lead_time`` > ``needs_order`` > ``excess`` > ``aligned``.
+* ``coverage_ratio = (on_hand + Σ s_w) / Σ d_w``, null when ``Σ d_w = 0``.
+* ``has_forecast``: the item-location has at least one row of the current forecast in
+  weeks ``0 … H−1`` (even with quantity 0). The alignment rate is the share of those rows
+  that are ``aligned`` (null when there are none).
+* ``forecast_version`` of a proposal is the item-location's forecast version, or the
+  current version of the whole forecast when the item-location has none.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+import duckdb
+
+from contracts.settings import Settings
+
+from .marts_ddl import ensure_marts, markdown_table, plain, replace_table, run_clock, transaction
+
+__all__ = ["build_forecast_order_alignment", "alignment_metadata", "OUTSTANDING_PO_LINE"]
+
+# An outstanding PO line (open and with something left to deliver); shared with exceptions.
+OUTSTANDING_PO_LINE = """
+    NOT coalesce(deleted, false) AND NOT coalesce(delivery_completed, false)
+    AND greatest(coalesce(ordered_qty, 0) - coalesce(received_qty, 0), 0) > {eps}
+"""
+
+
+def _base_sql(h: int) -> str:
+    d_cols = ",\n".join(f"coalesce(sum(qty) FILTER (WHERE wk = {w}), 0) AS d{w}" for w in range(h))
+    s_cols = ",\n".join(
+        f"coalesce(sum(open_qty) FILTER (WHERE wk = {w}), 0) AS s{w}, count(*) FILTER (WHERE wk = {w}) AS n{w}"
+        for w in range(h)
+    )
+    d_sel = ", ".join(f"coalesce(fc.d{w}, 0) AS d{w}" for w in range(h))
+    s_sel = ", ".join(f"coalesce(po.s{w}, 0) AS s{w}, coalesce(po.n{w}, 0) AS n{w}" for w in range(h))
+    outstanding = OUTSTANDING_PO_LINE.format(eps="$eps")
+    return f"""
+    WITH
+    il AS (
+        SELECT item_id, location_id,
+               coalesce(nullif(trim(planner_code), ''), 'UNASSIGNED') AS planner_code,
+               lead_time_days,
+               CAST(ceil(coalesce(lead_time_days, 0) / 7.0) AS INTEGER) AS lead_time_weeks,
+               coalesce(safety_stock, 0) AS safety_stock,
+               coalesce(order_multiple, 0) AS order_multiple
+        FROM canonical.item_location
+        WHERE item_id IS NOT NULL AND location_id IS NOT NULL
+    ),
+    erp AS (
+        SELECT item_id, location_id, sum(qty) AS qty
+        FROM canonical.inventory_snapshot
+        WHERE system = 'erp'
+        GROUP BY item_id, location_id
+    ),
+    fc AS (
+        SELECT item_id, location_id, {d_cols},
+               max(forecast_version) AS forecast_version
+        FROM (
+            SELECT item_id, location_id, coalesce(qty, 0) AS qty, forecast_version,
+                   CAST(datediff('day', $w0, week_start) // 7 AS INTEGER) AS wk
+            FROM canonical.forecast
+            WHERE week_start >= $w0 AND week_start < $wend
+        )
+        GROUP BY item_id, location_id
+    ),
+    po AS (
+        SELECT item_id, location_id, {s_cols},
+               coalesce(sum(open_qty) FILTER (WHERE late), 0) AS late_supply_qty
+        FROM (
+            SELECT item_id, location_id,
+                   greatest(coalesce(ordered_qty, 0) - coalesce(received_qty, 0), 0) AS open_qty,
+                   greatest(CAST(datediff('day', $w0, delivery_date) // 7 AS INTEGER), 0) AS wk,
+                   delivery_date < $w0 AS late
+            FROM canonical.purchase_order_line
+            WHERE {outstanding}
+              AND delivery_date IS NOT NULL AND delivery_date < $wend
+        )
+        GROUP BY item_id, location_id
+    ),
+    current_version AS (
+        SELECT max(forecast_version) AS v
+        FROM canonical.forecast
+        WHERE published_at = (SELECT max(published_at) FROM canonical.forecast)
+    )
+    SELECT il.*,
+           coalesce(erp.qty, 0) AS on_hand,
+           fc.item_id IS NOT NULL AS has_forecast,
+           coalesce(fc.forecast_version, (SELECT v FROM current_version)) AS forecast_version,
+           coalesce(po.late_supply_qty, 0) AS late_supply_qty,
+           i.base_uom,
+           coalesce(i.matnr, lpad(il.item_id, 18, '0')) AS matnr,
+           {d_sel}, {s_sel}
+    FROM il
+    LEFT JOIN erp USING (item_id, location_id)
+    LEFT JOIN fc USING (item_id, location_id)
+    LEFT JOIN po USING (item_id, location_id)
+    LEFT JOIN canonical.item i ON i.item_id = il.item_id
+    """
+
+
+def _wide_sql(h: int) -> str:
+    def cum(prefix: str, w: int) -> str:
+        return "(" + " + ".join(f"{prefix}{k}" for k in range(w + 1)) + ")"
+
+    p_cols = ",\n".join(f"on_hand + {cum('s', w)} - {cum('d', w)} AS p{w}" for w in range(h))
+    # running max of the shortfall over the netting weeks L..w (0 outside)
+    m_cols = ",\n".join(
+        "greatest(0, "
+        + ", ".join(f"CASE WHEN lead_time_weeks <= {k} THEN safety_stock - p{k} ELSE 0 END" for k in range(w + 1))
+        + f") AS m{w}"
+        for w in range(h)
+    )
+    q_cols = ",\n".join(
+        f"CASE WHEN m{w} <= $eps THEN 0 "
+        f"WHEN order_multiple > 0 THEN order_multiple * ceil((m{w} - $eps) / order_multiple) "
+        f"ELSE m{w} END AS q{w}"
+        for w in range(h)
+    )
+    pr_cols = ",\n".join(
+        (f"q{w} AS pr{w}" if w == 0 else f"q{w} - q{w - 1} AS pr{w}") for w in range(h)
+    )
+    return f"""
+    SELECT *, {pr_cols} FROM (
+        SELECT *, {q_cols} FROM (
+            SELECT *, {m_cols} FROM (
+                SELECT *, {p_cols} FROM _align_base
+            )
+        )
+    )
+    """
+
+
+def _alignment_sql(h: int) -> str:
+    first_short = " ".join(f"WHEN p{w} < safety_stock - $eps THEN {w}" for w in range(h))
+    short_qty = " ".join(
+        f"WHEN p{w} < safety_stock - $eps THEN "
+        f"CASE WHEN {w} < lead_time_weeks THEN safety_stock - p{w} ELSE 0 END"
+        for w in range(h)
+    )
+    demand = " + ".join(f"d{w}" for w in range(h))
+    supply = " + ".join(f"s{w}" for w in range(h))
+    n_props = " + ".join(f"CAST(pr{w} > $eps AS INTEGER)" for w in range(h))
+    first_prop = " ".join(f"WHEN pr{w} > $eps THEN {w}" for w in range(h))
+    prop_total = " + ".join(f"CASE WHEN pr{w} > $eps THEN pr{w} ELSE 0 END" for w in range(h))
+    lines_after_lead = " + ".join(f"CASE WHEN lead_time_weeks <= {w} THEN n{w} ELSE 0 END" for w in range(h))
+    last = h - 1
+    return f"""
+    SELECT *,
+           CASE WHEN first_shortage_week < lead_time_weeks THEN 'shortage_in_lead_time'
+                WHEN proposal_qty > $eps THEN 'needs_order'
+                WHEN excess_qty > 0 THEN 'excess'
+                ELSE 'aligned' END AS status
+    FROM (
+        SELECT *,
+               CASE WHEN projected_end - excess_threshold > $eps
+                     AND open_lines_after_lead_time > 0
+                    THEN projected_end - excess_threshold ELSE 0 END AS excess_qty,
+               CASE WHEN demand_horizon > 0 THEN (on_hand + supply_horizon) / demand_horizon END AS coverage_ratio
+        FROM (
+            SELECT item_id, location_id, planner_code, on_hand, safety_stock, lead_time_weeks,
+                   lead_time_days, order_multiple, base_uom, has_forecast, forecast_version,
+                   late_supply_qty, {lines_after_lead} AS open_lines_after_lead_time,
+                   {demand} AS demand_horizon,
+                   {supply} AS supply_horizon,
+                   ({demand}) / {h} AS avg_weekly_demand,
+                   p{last} AS projected_end,
+                   safety_stock + $excess_weeks * ({demand}) / {h} AS excess_threshold,
+                   CASE {first_short} END AS first_shortage_week,
+                   coalesce(CASE {short_qty} END, 0) AS shortage_qty,
+                   {prop_total} AS proposal_qty,
+                   {n_props} AS proposal_count,
+                   CASE {first_prop} END AS first_proposal_week
+            FROM _align_wide
+        )
+    )
+    """
+
+
+def _unpivot_sql(h: int, columns: dict[str, str]) -> str:
+    """``unnest`` of per-week column lists: one row per item-location and week."""
+    lists = ",\n".join(
+        f"unnest([{', '.join(pattern.format(w=w) for w in range(h))}]) AS {name}" for name, pattern in columns.items()
+    )
+    return f"SELECT *, unnest(range({h})) AS week, {lists} FROM _align_wide"
+
+
+def build_forecast_order_alignment(
+    con: duckdb.DuckDBPyConnection,
+    settings: Settings,
+    as_of: datetime | str,
+    *,
+    write_projection: bool = True,
+) -> dict[str, Any]:
+    """Write ``marts.forecast_order_alignment``, ``marts.replenishment_proposal`` and
+    (unless ``write_projection`` is false) the weekly ``marts.projection``."""
+    clock = run_clock(as_of)
+    h = int(settings.horizon_weeks)
+    if h < 1:
+        raise ValueError(f"horizon_weeks must be at least 1, got {h}")
+    params = {
+        "w0": clock.week0_start,
+        "wend": clock.week0_start + timedelta(days=7 * h),
+        "eps": float(settings.match_epsilon),
+    }
+    with transaction(con):
+        ensure_marts(con)
+        con.execute(f"CREATE OR REPLACE TEMP TABLE _align_base AS {_base_sql(h)}", params)
+        con.execute(f"CREATE OR REPLACE TEMP TABLE _align_wide AS {_wide_sql(h)}", {"eps": params["eps"]})
+
+        replace_table(con, "marts.forecast_order_alignment")
+        con.execute(
+            f"""INSERT INTO marts.forecast_order_alignment BY NAME
+                SELECT *, $as_of::TIMESTAMPTZ AS run_as_of,
+                       $w0::DATE AS week0_start, {h} AS horizon_weeks
+                FROM ({_alignment_sql(h)})""",
+            {"eps": params["eps"], "excess_weeks": float(settings.excess_weeks), "as_of": clock.as_of, "w0": clock.week0_start},
+        )
+
+        replace_table(con, "marts.replenishment_proposal")
+        con.execute(
+            f"""INSERT INTO marts.replenishment_proposal BY NAME
+                SELECT item_id, location_id, planner_code, week,
+                       $w0::DATE + CAST(7 * week AS INTEGER) AS need_date,
+                       proposal AS quantity, base_uom, matnr, forecast_version,
+                       $as_of::TIMESTAMPTZ AS run_as_of,
+                       projected + prior AS projected_before, safety_stock, order_multiple
+                FROM ({_unpivot_sql(h, {
+                    "proposal": "pr{w}",
+                    "projected": "p{w}",
+                    "prior": "q{w} - pr{w}",
+                })})
+                WHERE proposal > $eps""",
+            {"eps": params["eps"], "as_of": clock.as_of, "w0": clock.week0_start},
+        )
+
+        replace_table(con, "marts.projection")
+        if write_projection:
+            con.execute(
+                f"""INSERT INTO marts.projection BY NAME
+                    SELECT item_id, location_id, week,
+                           $w0::DATE + CAST(7 * week AS INTEGER) AS week_start,
+                           demand, supply, projected, projected + cum_proposal AS projected_with_proposals,
+                           CASE WHEN proposal > $eps THEN proposal ELSE 0 END AS proposal,
+                           $as_of::TIMESTAMPTZ AS run_as_of
+                    FROM ({_unpivot_sql(h, {
+                        "demand": "d{w}",
+                        "supply": "s{w}",
+                        "projected": "p{w}",
+                        "cum_proposal": "q{w}",
+                        "proposal": "pr{w}",
+                    })})""",
+                {"eps": params["eps"], "as_of": clock.as_of, "w0": clock.week0_start},
+            )
+        con.execute("DROP TABLE IF EXISTS _align_base")
+        con.execute("DROP TABLE IF EXISTS _align_wide")
+    return alignment_metadata(con)
+
+
+def alignment_metadata(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+    by_status = dict(con.execute("SELECT status, count(*) FROM marts.forecast_order_alignment GROUP BY 1").fetchall())
+    total, with_fc, aligned_fc, prop_total = con.execute(
+        """
+        SELECT count(*), count(*) FILTER (WHERE has_forecast),
+               count(*) FILTER (WHERE has_forecast AND status = 'aligned'),
+               coalesce(sum(proposal_qty), 0)
+        FROM marts.forecast_order_alignment
+        """
+    ).fetchone()
+    n_props = con.execute("SELECT count(*) FROM marts.replenishment_proposal").fetchone()[0]
+    top = con.execute(
+        """
+        SELECT item_id, location_id, planner_code, status, on_hand, safety_stock,
+               first_shortage_week, shortage_qty, proposal_qty, excess_qty
+        FROM marts.forecast_order_alignment
+        WHERE status <> 'aligned'
+        ORDER BY CASE status WHEN 'shortage_in_lead_time' THEN 0 WHEN 'needs_order' THEN 1 ELSE 2 END,
+                 shortage_qty DESC, proposal_qty DESC, excess_qty DESC, item_id, location_id
+        LIMIT 10
+        """
+    ).fetchall()
+    return {
+        "item_locations": int(total),
+        "with_forecast": int(with_fc),
+        "aligned": int(by_status.get("aligned", 0)),
+        "shortage_in_lead_time": int(by_status.get("shortage_in_lead_time", 0)),
+        "needs_order": int(by_status.get("needs_order", 0)),
+        "excess": int(by_status.get("excess", 0)),
+        "alignment_rate": plain(aligned_fc / with_fc) if with_fc else None,
+        "proposals": int(n_props),
+        "proposal_qty_total": plain(prop_total),
+        "top_misaligned": markdown_table(
+            ["item", "location", "planner", "status", "on hand", "SS", "first short wk", "shortage", "proposal", "excess"],
+            top,
+        ),
+    }

@@ -1,0 +1,282 @@
+"""Three-way inventory drift (semantics.md §3) — ERP vs WMS and ERP vs planning.
+
+One DuckDB statement over ``canonical.inventory_snapshot``, ``canonical.inventory_txn``,
+``canonical.conflict_key``, ``canonical.item`` and ``canonical.item_location`` writes
+``marts.inventory_drift`` (this run) and appends it to ``marts.inventory_drift_history``.
+
+Rules, with the decisions taken where the spec is silent:
+
+* Quantities per item-location are summed over every row of a system's current snapshot
+  (storage locations, lots, bins, statuses); a key with no row in a snapshot counts 0 there
+  and is flagged ``<system>_present = false``.
+* Each snapshot's time is its ``snapshot_at`` for that key; a key absent from a snapshot
+  takes that system's snapshot time (the max ``snapshot_at`` of the system), so stock that
+  moved out completely before the snapshot still rolls back correctly.
+* Time alignment: ``aligned = qty − shift`` with
+  ``shift = Σ m(T_e < txn_at ≤ T_x) − Σ m(T_x < txn_at ≤ T_e)``, i.e. exactly the two
+  cases of the spec in one expression.
+* Tolerance: the location override (both ``abs_tol`` and ``rel_tol`` of that override)
+  wins over the material-group override, which wins over the global settings.
+* Unverifiable: a ``canonical.conflict_key`` row of system ``erp`` makes both pairs
+  unverifiable, ``wms`` / ``planning`` the pair of that system. A system with no current
+  snapshot at all (no row in ``canonical.inventory_snapshot``) makes its pairs (every pair
+  for ERP) unverifiable too, reason ``no_<system>_snapshot``: comparing against a missing
+  feed would report every key as drift. Conflict keys join the universe even when all
+  their rows were quarantined.
+* ``drift_value_p = |diff_p| × standard_cost`` for verifiable pairs (null when
+  unverifiable; a missing cost counts 0). Severity is set only on drifting pairs.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import duckdb
+
+from contracts.settings import Settings
+
+from .marts_ddl import ensure_marts, markdown_table, plain, replace_table, run_clock, transaction
+
+PAIRS = ("wms", "planning")
+
+
+def _load_tolerances(con: duckdb.DuckDBPyConnection, settings: Settings) -> None:
+    groups, locs = settings.tolerance_rows()
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE _drift_tol_group (material_group VARCHAR, abs_tol DOUBLE, rel_tol DOUBLE)"
+    )
+    con.execute("CREATE OR REPLACE TEMP TABLE _drift_tol_loc (location_id VARCHAR, abs_tol DOUBLE, rel_tol DOUBLE)")
+    if groups:
+        con.executemany(
+            "INSERT INTO _drift_tol_group VALUES (?, ?, ?)",
+            [[g["material_group"], g["abs_tol"], g["rel_tol"]] for g in groups],
+        )
+    if locs:
+        con.executemany(
+            "INSERT INTO _drift_tol_loc VALUES (?, ?, ?)",
+            [[loc["location_id"], loc["abs_tol"], loc["rel_tol"]] for loc in locs],
+        )
+
+
+_DRIFT_SQL = """
+WITH
+sys_time AS (
+    SELECT max(snapshot_at) FILTER (WHERE system = 'erp')      AS t_erp,
+           max(snapshot_at) FILTER (WHERE system = 'wms')      AS t_wms,
+           max(snapshot_at) FILTER (WHERE system = 'planning') AS t_planning,
+           min(snapshot_at) AS t_min, max(snapshot_at) AS t_max
+    FROM canonical.inventory_snapshot
+    WHERE system IN ('erp', 'wms', 'planning')
+),
+per_key AS (
+    SELECT item_id, location_id,
+           sum(qty) FILTER (WHERE system = 'erp')              AS erp_qty,
+           sum(qty) FILTER (WHERE system = 'wms')              AS wms_qty,
+           sum(qty) FILTER (WHERE system = 'planning')         AS planning_qty,
+           count(*) FILTER (WHERE system = 'erp') > 0          AS erp_present,
+           count(*) FILTER (WHERE system = 'wms') > 0          AS wms_present,
+           count(*) FILTER (WHERE system = 'planning') > 0     AS planning_present,
+           max(snapshot_at) FILTER (WHERE system = 'erp')      AS erp_at,
+           max(snapshot_at) FILTER (WHERE system = 'wms')      AS wms_at,
+           max(snapshot_at) FILTER (WHERE system = 'planning') AS planning_at
+    FROM canonical.inventory_snapshot
+    WHERE system IN ('erp', 'wms', 'planning') AND item_id IS NOT NULL AND location_id IS NOT NULL
+    GROUP BY item_id, location_id
+),
+conflicts AS (
+    SELECT item_id, location_id,
+           bool_or(lower(system) = 'erp')      AS c_erp,
+           bool_or(lower(system) = 'wms')      AS c_wms,
+           bool_or(lower(system) = 'planning') AS c_planning
+    FROM canonical.conflict_key
+    WHERE item_id IS NOT NULL AND location_id IS NOT NULL
+      AND lower(system) IN ('erp', 'wms', 'planning')
+    GROUP BY item_id, location_id
+),
+keyed AS (
+    SELECT coalesce(p.item_id, c.item_id)         AS item_id,
+           coalesce(p.location_id, c.location_id) AS location_id,
+           coalesce(p.erp_qty, 0)      AS erp_qty,
+           coalesce(p.wms_qty, 0)      AS wms_qty,
+           coalesce(p.planning_qty, 0) AS planning_qty,
+           coalesce(p.erp_present, false)      AS erp_present,
+           coalesce(p.wms_present, false)      AS wms_present,
+           coalesce(p.planning_present, false) AS planning_present,
+           coalesce(p.erp_at, s.t_erp)           AS erp_as_of,
+           coalesce(p.wms_at, s.t_wms)           AS wms_as_of,
+           coalesce(p.planning_at, s.t_planning) AS planning_as_of,
+           coalesce(c.c_erp, false)      AS c_erp,
+           coalesce(c.c_wms, false)      AS c_wms,
+           coalesce(c.c_planning, false) AS c_planning,
+           s.t_erp IS NULL      AS no_erp,
+           s.t_wms IS NULL      AS no_wms,
+           s.t_planning IS NULL AS no_planning
+    FROM per_key p
+    FULL OUTER JOIN conflicts c USING (item_id, location_id)
+    CROSS JOIN sys_time s
+),
+moves AS (
+    SELECT k.item_id, k.location_id,
+           coalesce(sum(t.qty) FILTER (WHERE t.txn_at > k.erp_as_of AND t.txn_at <= k.wms_as_of), 0)
+         - coalesce(sum(t.qty) FILTER (WHERE t.txn_at > k.wms_as_of AND t.txn_at <= k.erp_as_of), 0)
+               AS wms_shift,
+           coalesce(sum(t.qty) FILTER (WHERE t.txn_at > k.erp_as_of AND t.txn_at <= k.planning_as_of), 0)
+         - coalesce(sum(t.qty) FILTER (WHERE t.txn_at > k.planning_as_of AND t.txn_at <= k.erp_as_of), 0)
+               AS planning_shift
+    FROM canonical.inventory_txn t
+    JOIN keyed k USING (item_id, location_id)
+    WHERE t.txn_at > (SELECT t_min FROM sys_time) AND t.txn_at <= (SELECT t_max FROM sys_time)
+    GROUP BY k.item_id, k.location_id
+),
+tol AS (
+    SELECT k.*,
+           coalesce(m.wms_shift, 0)      AS wms_movement_qty,
+           coalesce(m.planning_shift, 0) AS planning_movement_qty,
+           i.material_group, i.currency,
+           coalesce(i.standard_cost, 0) AS standard_cost,
+           coalesce(nullif(trim(il.planner_code), ''), 'UNASSIGNED') AS planner_code,
+           CASE WHEN tl.location_id IS NOT NULL THEN tl.abs_tol
+                WHEN tg.material_group IS NOT NULL THEN tg.abs_tol
+                ELSE $abs_tol END AS abs_tol,
+           CASE WHEN tl.location_id IS NOT NULL THEN tl.rel_tol
+                WHEN tg.material_group IS NOT NULL THEN tg.rel_tol
+                ELSE $rel_tol END AS rel_tol,
+           CASE WHEN tl.location_id IS NOT NULL THEN 'location'
+                WHEN tg.material_group IS NOT NULL THEN 'material_group'
+                ELSE 'global' END AS tolerance_source
+    FROM keyed k
+    LEFT JOIN moves m USING (item_id, location_id)
+    LEFT JOIN canonical.item i ON i.item_id = k.item_id
+    LEFT JOIN canonical.item_location il ON il.item_id = k.item_id AND il.location_id = k.location_id
+    LEFT JOIN _drift_tol_loc tl ON tl.location_id = k.location_id
+    LEFT JOIN _drift_tol_group tg ON tg.material_group = i.material_group
+),
+diffs AS (
+    SELECT *,
+           wms_qty - wms_movement_qty           AS wms_aligned_qty,
+           planning_qty - planning_movement_qty AS planning_aligned_qty,
+           (wms_qty - wms_movement_qty) - erp_qty           AS diff_wms,
+           (planning_qty - planning_movement_qty) - erp_qty AS diff_planning,
+           abs_tol + rel_tol * abs(erp_qty) AS allowed_diff,
+           (c_erp OR no_erp)           AS unverifiable_erp,
+           (c_wms OR no_wms)           AS unverifiable_wms,
+           (c_planning OR no_planning) AS unverifiable_planning
+    FROM tol
+),
+status AS (
+    SELECT *,
+           CASE WHEN unverifiable_erp OR unverifiable_wms THEN 'unverifiable'
+                WHEN abs(diff_wms) <= $eps THEN 'match'
+                WHEN abs(diff_wms) <= allowed_diff THEN 'within_tolerance'
+                ELSE 'drift' END AS status_wms,
+           CASE WHEN unverifiable_erp OR unverifiable_planning THEN 'unverifiable'
+                WHEN abs(diff_planning) <= $eps THEN 'match'
+                WHEN abs(diff_planning) <= allowed_diff THEN 'within_tolerance'
+                ELSE 'drift' END AS status_planning
+    FROM diffs
+)
+SELECT item_id, location_id, planner_code,
+       erp_qty, wms_qty, wms_aligned_qty, planning_qty, planning_aligned_qty,
+       erp_present, wms_present, planning_present,
+       diff_wms, diff_planning, status_wms, status_planning,
+       CASE WHEN status_wms <> 'unverifiable' THEN abs(diff_wms) * standard_cost END AS drift_value_wms,
+       CASE WHEN status_planning <> 'unverifiable' THEN abs(diff_planning) * standard_cost END AS drift_value_planning,
+       CASE WHEN 'unverifiable' IN (status_wms, status_planning) THEN 'unverifiable'
+            WHEN 'drift' IN (status_wms, status_planning) THEN 'drift'
+            WHEN 'within_tolerance' IN (status_wms, status_planning) THEN 'within_tolerance'
+            ELSE 'match' END AS status,
+       erp_as_of, wms_as_of, planning_as_of,
+       $as_of::TIMESTAMPTZ AS run_as_of,
+       material_group, standard_cost, currency,
+       wms_movement_qty, planning_movement_qty,
+       abs_tol, rel_tol, tolerance_source, allowed_diff,
+       CASE WHEN status_wms = 'drift' THEN
+            CASE WHEN abs(diff_wms) * standard_cost >= $sev_high THEN 'high'
+                 WHEN abs(diff_wms) * standard_cost >= $sev_medium THEN 'medium'
+                 ELSE 'low' END END AS severity_wms,
+       CASE WHEN status_planning = 'drift' THEN
+            CASE WHEN abs(diff_planning) * standard_cost >= $sev_high THEN 'high'
+                 WHEN abs(diff_planning) * standard_cost >= $sev_medium THEN 'medium'
+                 ELSE 'low' END END AS severity_planning,
+       unverifiable_erp, unverifiable_wms, unverifiable_planning,
+       nullif(concat_ws(', ',
+            CASE WHEN c_erp THEN 'conflicting_duplicate_erp' END,
+            CASE WHEN c_wms THEN 'conflicting_duplicate_wms' END,
+            CASE WHEN c_planning THEN 'conflicting_duplicate_planning' END,
+            CASE WHEN no_erp THEN 'no_erp_snapshot' END,
+            CASE WHEN no_wms THEN 'no_wms_snapshot' END,
+            CASE WHEN no_planning THEN 'no_planning_snapshot' END), '') AS unverifiable_reason
+FROM status
+"""
+
+
+def build_inventory_drift(
+    con: duckdb.DuckDBPyConnection, settings: Settings, as_of: datetime | str
+) -> dict[str, Any]:
+    """Write ``marts.inventory_drift`` for this run and append it to the history.
+
+    Returns metadata: item-locations by status, pairs by status, the drift value total
+    (drifting pairs only) and a markdown table of the 10 largest drifts.
+    """
+    clock = run_clock(as_of)
+    params = {
+        "as_of": clock.as_of,
+        "abs_tol": float(settings.abs_tol),
+        "rel_tol": float(settings.rel_tol),
+        "eps": float(settings.match_epsilon),
+        "sev_high": float(settings.severity_high_value),
+        "sev_medium": float(settings.severity_medium_value),
+    }
+    with transaction(con):
+        ensure_marts(con)
+        _load_tolerances(con, settings)
+        replace_table(con, "marts.inventory_drift")
+        con.execute(f"INSERT INTO marts.inventory_drift BY NAME {_DRIFT_SQL}", params)
+        con.execute("DELETE FROM marts.inventory_drift_history WHERE run_as_of = $as_of", {"as_of": clock.as_of})
+        con.execute("INSERT INTO marts.inventory_drift_history BY NAME SELECT * FROM marts.inventory_drift")
+        con.execute("DROP TABLE IF EXISTS _drift_tol_group")
+        con.execute("DROP TABLE IF EXISTS _drift_tol_loc")
+    return drift_metadata(con)
+
+
+def drift_metadata(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+    by_status = dict(con.execute("SELECT status, count(*) FROM marts.inventory_drift GROUP BY 1").fetchall())
+    row = con.execute(
+        """
+        SELECT count(*),
+               count(*) FILTER (WHERE status_wms = 'drift'),
+               count(*) FILTER (WHERE status_planning = 'drift'),
+               coalesce(sum(drift_value_wms) FILTER (WHERE status_wms = 'drift'), 0)
+             + coalesce(sum(drift_value_planning) FILTER (WHERE status_planning = 'drift'), 0)
+        FROM marts.inventory_drift
+        """
+    ).fetchone()
+    top = con.execute(
+        """
+        SELECT item_id, location_id, planner_code, erp_qty, wms_aligned_qty, planning_aligned_qty,
+               status_wms, status_planning,
+               greatest(CASE WHEN status_wms = 'drift' THEN drift_value_wms ELSE 0 END,
+                        CASE WHEN status_planning = 'drift' THEN drift_value_planning ELSE 0 END) AS value
+        FROM marts.inventory_drift
+        WHERE status = 'drift'
+        ORDER BY value DESC, item_id, location_id
+        LIMIT 10
+        """
+    ).fetchall()
+    total, drift_wms, drift_planning, value = row
+    return {
+        "item_locations": int(total),
+        "match": int(by_status.get("match", 0)),
+        "within_tolerance": int(by_status.get("within_tolerance", 0)),
+        "drift": int(by_status.get("drift", 0)),
+        "unverifiable": int(by_status.get("unverifiable", 0)),
+        "drift_pairs_wms": int(drift_wms),
+        "drift_pairs_planning": int(drift_planning),
+        "drift_rate": plain(by_status.get("drift", 0) / total) if total else None,
+        "drift_value_total": plain(value),
+        "top_drift": markdown_table(
+            ["item", "location", "planner", "erp", "wms (aligned)", "planning (aligned)", "wms", "planning", "value"],
+            top,
+        ),
+    }

@@ -1,0 +1,227 @@
+"""The ``marts`` tables reconciliation writes, with their columns, and small helpers
+shared by the builders (run clock, one-transaction writes, markdown for metadata).
+
+The columns named in ``shared/spec/outputs.md`` are a public contract: never rename or
+drop one here. Extra columns are fine (analysts get more context) and are added to the
+persistent tables of an existing warehouse by :func:`ensure_marts`.
+
+Per-run tables (``inventory_drift``, ``forecast_order_alignment``,
+``replenishment_proposal``, ``projection``) are replaced by every run. Persistent tables
+(``inventory_drift_history``, ``exceptions``, ``exception_events``, ``kpis``) keep every
+run; each builder makes its own write idempotent per ``run_as_of``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+from typing import Any, Iterator, Sequence
+
+import duckdb
+
+# --- column lists ------------------------------------------------------------------------
+INVENTORY_DRIFT_COLUMNS = """
+    item_id VARCHAR, location_id VARCHAR, planner_code VARCHAR,
+    erp_qty DOUBLE, wms_qty DOUBLE, wms_aligned_qty DOUBLE,
+    planning_qty DOUBLE, planning_aligned_qty DOUBLE,
+    erp_present BOOLEAN, wms_present BOOLEAN, planning_present BOOLEAN,
+    diff_wms DOUBLE, diff_planning DOUBLE,
+    status_wms VARCHAR, status_planning VARCHAR,          -- match | within_tolerance | drift | unverifiable
+    drift_value_wms DOUBLE, drift_value_planning DOUBLE,  -- |diff| x standard cost; null when unverifiable
+    status VARCHAR,                                       -- unverifiable > drift > within_tolerance > match
+    erp_as_of TIMESTAMPTZ, wms_as_of TIMESTAMPTZ, planning_as_of TIMESTAMPTZ,
+    run_as_of TIMESTAMPTZ,
+    -- context (not in the outward contract, stable all the same)
+    material_group VARCHAR, standard_cost DOUBLE, currency VARCHAR,
+    -- net WMS movement from erp_as_of to the snapshot's time (negative of the movements in
+    -- between when the snapshot is older): <system>_aligned_qty = <system>_qty - this
+    wms_movement_qty DOUBLE, planning_movement_qty DOUBLE,
+    abs_tol DOUBLE, rel_tol DOUBLE,
+    tolerance_source VARCHAR,      -- location | material_group | global
+    allowed_diff DOUBLE,           -- abs_tol + rel_tol x |erp_qty|
+    severity_wms VARCHAR, severity_planning VARCHAR,      -- high | medium | low when the pair drifts
+    unverifiable_erp BOOLEAN, unverifiable_wms BOOLEAN, unverifiable_planning BOOLEAN,
+    unverifiable_reason VARCHAR
+"""
+
+FORECAST_ORDER_ALIGNMENT_COLUMNS = """
+    item_id VARCHAR, location_id VARCHAR, planner_code VARCHAR,
+    on_hand DOUBLE, safety_stock DOUBLE, lead_time_weeks INTEGER,
+    demand_horizon DOUBLE, supply_horizon DOUBLE, coverage_ratio DOUBLE,
+    first_shortage_week INTEGER, shortage_qty DOUBLE, excess_qty DOUBLE, proposal_qty DOUBLE,
+    status VARCHAR,                -- shortage_in_lead_time | needs_order | excess | aligned
+    run_as_of TIMESTAMPTZ,
+    -- context
+    lead_time_days INTEGER, order_multiple DOUBLE, base_uom VARCHAR,
+    has_forecast BOOLEAN,          -- a forecast row in weeks 0..H-1 (the alignment-rate population)
+    avg_weekly_demand DOUBLE, projected_end DOUBLE, excess_threshold DOUBLE,
+    open_lines_after_lead_time INTEGER, late_supply_qty DOUBLE,
+    proposal_count INTEGER, first_proposal_week INTEGER,
+    forecast_version VARCHAR, week0_start DATE, horizon_weeks INTEGER
+"""
+
+REPLENISHMENT_PROPOSAL_COLUMNS = """
+    item_id VARCHAR, location_id VARCHAR, planner_code VARCHAR,
+    week INTEGER, need_date DATE, quantity DOUBLE, base_uom VARCHAR, matnr VARCHAR,
+    forecast_version VARCHAR, run_as_of TIMESTAMPTZ,
+    projected_before DOUBLE,       -- P'_w (with earlier proposals) that triggered it
+    safety_stock DOUBLE, order_multiple DOUBLE
+"""
+
+PROJECTION_COLUMNS = """
+    item_id VARCHAR, location_id VARCHAR, week INTEGER, week_start DATE,
+    demand DOUBLE, supply DOUBLE, projected DOUBLE, projected_with_proposals DOUBLE,
+    proposal DOUBLE, run_as_of TIMESTAMPTZ
+"""
+
+EXCEPTIONS_COLUMNS = """
+    exception_id VARCHAR, exception_type VARCHAR, severity VARCHAR,
+    status VARCHAR,                -- open | resolved
+    item_id VARCHAR, location_id VARCHAR, reference VARCHAR, planner_code VARCHAR,
+    details VARCHAR,               -- JSON text
+    first_seen_at TIMESTAMPTZ, last_seen_at TIMESTAMPTZ, resolved_at TIMESTAMPTZ,
+    age_days INTEGER,
+    -- context
+    exception_key VARCHAR,         -- the natural key the id hashes (type excluded)
+    times_reopened INTEGER
+"""
+
+EXCEPTION_EVENTS_COLUMNS = """
+    exception_id VARCHAR, exception_type VARCHAR,
+    event VARCHAR,                 -- opened | resolved | reopened
+    "at" TIMESTAMPTZ
+"""
+
+KPIS_COLUMNS = """
+    run_as_of TIMESTAMPTZ, kpi VARCHAR, value DOUBLE
+"""
+
+PER_RUN_TABLES = {
+    "marts.inventory_drift": INVENTORY_DRIFT_COLUMNS,
+    "marts.forecast_order_alignment": FORECAST_ORDER_ALIGNMENT_COLUMNS,
+    "marts.replenishment_proposal": REPLENISHMENT_PROPOSAL_COLUMNS,
+    "marts.projection": PROJECTION_COLUMNS,
+}
+PERSISTENT_TABLES = {
+    "marts.inventory_drift_history": INVENTORY_DRIFT_COLUMNS,
+    "marts.exceptions": EXCEPTIONS_COLUMNS,
+    "marts.exception_events": EXCEPTION_EVENTS_COLUMNS,
+    "marts.kpis": KPIS_COLUMNS,
+}
+MARTS_DDL = {**PER_RUN_TABLES, **PERSISTENT_TABLES}
+
+
+def _columns(ddl: str) -> list[tuple[str, str]]:
+    """(name, type) pairs of a column list (comments stripped)."""
+    out = []
+    for line in ddl.splitlines():
+        line = line.split("--")[0]
+        for part in line.split(","):
+            words = part.split()
+            if len(words) >= 2:
+                out.append((words[0], " ".join(words[1:])))
+    return out
+
+
+def column_names(table: str) -> list[str]:
+    return [name for name, _ in _columns(MARTS_DDL[table])]
+
+
+def ensure_marts(con: duckdb.DuckDBPyConnection) -> None:
+    """Create the marts schema and every marts table that is missing; add columns that a
+    newer version of this module defines to persistent tables of an older warehouse."""
+    con.execute("CREATE SCHEMA IF NOT EXISTS marts")
+    for name, cols in MARTS_DDL.items():
+        con.execute(f"CREATE TABLE IF NOT EXISTS {name} ({cols})")
+    for name, cols in PERSISTENT_TABLES.items():
+        for col, typ in _columns(cols):
+            con.execute(f"ALTER TABLE {name} ADD COLUMN IF NOT EXISTS {col} {typ}")
+
+
+def replace_table(con: duckdb.DuckDBPyConnection, table: str) -> None:
+    """Recreate a per-run table empty, with its declared columns."""
+    con.execute(f"CREATE OR REPLACE TABLE {table} ({MARTS_DDL[table]})")
+
+
+# --- run clock ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RunClock:
+    """``as_of`` (aware, UTC), its UTC date, and week 0 (the ISO week containing it)."""
+
+    as_of: datetime
+    run_date: date
+    week0_start: date  # Monday of week 0
+
+    def week_start(self, week: int) -> date:
+        return self.week0_start + timedelta(days=7 * week)
+
+
+def run_clock(as_of: datetime | str) -> RunClock:
+    """Normalise ``as_of`` (aware datetime, naive = UTC, or ISO-8601 text) to a RunClock."""
+    if isinstance(as_of, str):
+        as_of = datetime.fromisoformat(as_of.replace("Z", "+00:00"))
+    if as_of.tzinfo is None:
+        as_of = as_of.replace(tzinfo=timezone.utc)
+    as_of = as_of.astimezone(timezone.utc)
+    run_date = as_of.date()
+    return RunClock(as_of=as_of, run_date=run_date, week0_start=run_date - timedelta(days=run_date.weekday()))
+
+
+# --- writes ------------------------------------------------------------------------------
+@contextlib.contextmanager
+def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """All-or-nothing writes: a builder that fails leaves the marts as they were.
+
+    When the caller already holds a transaction, the builder joins it (commit/rollback
+    stay with the caller).
+    """
+    try:
+        con.execute("BEGIN TRANSACTION")
+    except duckdb.TransactionException:
+        yield
+        return
+    try:
+        yield
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
+
+
+# --- metadata ----------------------------------------------------------------------------
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        if math.isnan(value):
+            return ""
+        return f"{value:,.2f}"
+    return str(value).replace("|", "\\|")
+
+
+def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A small markdown table for Dagster metadata (``MetadataValue.md``)."""
+    if not rows:
+        return "_none_"
+    head = "| " + " | ".join(columns) + " |"
+    rule = "|" + "|".join("---" for _ in columns) + "|"
+    body = ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+    return "\n".join([head, rule, *body])
+
+
+def plain(value: Any) -> Any:
+    """A JSON-able scalar for metadata (no numpy / Decimal / NaN)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return None if math.isnan(value) else value
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return str(value)
