@@ -14,6 +14,7 @@ from assets.metadata import md
 from contracts.canonical_build import CANONICAL_TABLE, build_canonical_table, build_feed_status, feeds_of
 from contracts.ingest import record_unrecognised
 from contracts.landing import list_landing
+from contracts.warehouse import export_to_lake
 from pipelines.resources import DistsyncResource
 
 CANONICAL_TABLES = sorted(set(CANONICAL_TABLE.values()))
@@ -41,10 +42,14 @@ def _canonical_asset(table: str) -> dg.AssetsDefinition:
         as_of = distsync.resolve_as_of(context)
         with distsync.connect() as con:
             out = build_canonical_table(con, table, distsync.load_settings(), as_of)
+            lake_file = distsync.lake_path() / table.replace(".", "/") / "data.parquet"
+            if out["rebuilt"] or not lake_file.exists():
+                export_to_lake(con, table, str(distsync.lake_path()))
         failures = out["contract_failures"]
         return dg.MaterializeResult(
             metadata={
                 "dagster/row_count": out["rows"],
+                "lake_file": dg.MetadataValue.path(str(lake_file)),
                 "rebuilt": out["rebuilt"],
                 "current_files": md([{"feed": name, "file": f} for name, p in out["feeds"].items()
                                      for f in p["current_files"]]),
@@ -78,6 +83,8 @@ def feed_status(context: dg.AssetExecutionContext, distsync: DistsyncResource) -
     with distsync.connect() as con:
         recorded = [o for o in (record_unrecognised(con, u, as_of) for u in unknown) if o is not None]
         rows = build_feed_status(con, distsync.load_settings(), as_of)
+        for t in ("ingest.manifest", "ingest.quarantine", "ingest.feed_status"):
+            export_to_lake(con, t, str(distsync.lake_path()))
     stale = [r for r in rows if r["stale"]]
     table = [{k: r[k] for k in ("system", "feed", "newest_file", "age_hours", "freshness_limit_hours", "stale")}
              for r in rows]

@@ -168,3 +168,21 @@ def table_exists(con: duckdb.DuckDBPyConnection, qualified: str) -> bool:
             [schema, table],
         ).fetchone()[0]
     )
+
+
+def export_to_lake(con: duckdb.DuckDBPyConnection, qualified: str, lake_dir: str) -> str:
+    """Write a table as ``<lake>/<schema>/<table>/data.parquet`` (replaced atomically).
+
+    ``lake_dir`` may be a local folder; the file is written next to its final name and
+    renamed, so a reader never sees half a file.
+    """
+    import os
+
+    schema, table = qualified.split(".")
+    folder = os.path.join(lake_dir, schema, table)
+    os.makedirs(folder, exist_ok=True)
+    final = os.path.join(folder, "data.parquet")
+    tmp = final + ".tmp"
+    con.execute(f"COPY (SELECT * FROM {qualified}) TO '{tmp}' (FORMAT parquet, COMPRESSION zstd)")
+    os.replace(tmp, final)
+    return final
