@@ -147,7 +147,8 @@ def _coerce(name: str, raw: Any, where: str) -> Any:
     try:
         value = kind(raw)
     except (TypeError, ValueError):
-        raise SettingsError(f"{where}: {name} must be a {kind.__name__}, got {raw!r}") from None
+        what = {int: "whole number", float: "number", str: "text"}[kind]
+        raise SettingsError(f"{where}: {name} must be a {what}, got {raw!r}") from None
     if kind in (int, float) and value < 0:
         raise SettingsError(f"{where}: {name} must not be negative, got {raw!r}")
     return value
