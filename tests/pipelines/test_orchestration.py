@@ -1,0 +1,66 @@
+"""Schedules and the landing sensor, with Dagster's test utilities."""
+
+from datetime import datetime, timezone
+
+import dagster as dg
+import pytest
+
+from pipelines.jobs import inventory_sync_hourly, landing_sensor, reconcile_daily
+from pipelines.resources import AS_OF_TAG
+from tests.conftest import MINI
+from tests.contracts import kit
+from tests.s3server import moto_s3, upload_tree
+
+
+def test_schedules_pin_as_of_to_the_scheduled_time():
+    when = datetime(2026, 11, 24, 10, 5, tzinfo=timezone.utc)
+    ctx = dg.build_schedule_context(scheduled_execution_time=when)
+    req = inventory_sync_hourly.evaluate_tick(ctx).run_requests[0]
+    assert req.tags[AS_OF_TAG] == when.isoformat()
+    assert req.run_key == f"inventory_sync_hourly:{when.isoformat()}"
+    assert inventory_sync_hourly.cron_schedule == "5 * * * *"
+    assert reconcile_daily.job_name == "distsync_full"
+
+
+def _tick(cursor=None):
+    ctx = dg.build_sensor_context(cursor=cursor)
+    return landing_sensor.evaluate_tick(ctx)
+
+
+def test_sensor_starts_a_run_when_a_file_lands_locally(tmp_path, monkeypatch):
+    landing = tmp_path / "landing"
+    kit.masters(landing)
+    monkeypatch.setenv("DISTSYNC_LANDING", str(landing))
+    first = _tick()
+    assert len(first.run_requests) == 1
+    # nothing changed: skip
+    again = _tick(first.cursor)
+    assert again.run_requests == [] and "no new or changed files" in again.skip_message
+    # a new WMS transaction file lands: a new run
+    kit.parquet(landing, "transaction", "20261124T100000Z", [
+        {"txn_id": "T9", "warehouse_code": "WHA", "sku": "SKU-101", "qty_each": 1, "txn_type": "RECEIPT",
+         "txn_at": kit.t("2026-11-24T09:30:00Z"), "reference": None}])
+    third = _tick(first.cursor)
+    assert len(third.run_requests) == 1 and third.cursor != first.cursor
+
+
+def test_sensor_skips_with_a_reason_when_the_landing_is_missing(tmp_path, monkeypatch):
+    monkeypatch.setenv("DISTSYNC_LANDING", str(tmp_path / "nowhere"))
+    res = _tick()
+    assert res.run_requests == [] and "landing folder not found" in res.skip_message
+
+
+@pytest.mark.s3
+def test_sensor_picks_up_a_new_file_in_a_bucket(monkeypatch, tmp_path):
+    with moto_s3(monkeypatch) as endpoint:
+        upload_tree(endpoint, MINI / "landing" / "erp", "drop", "in/erp")
+        monkeypatch.setenv("DISTSYNC_LANDING", "s3://drop/in")
+        first = _tick()
+        assert len(first.run_requests) == 1
+        assert _tick(first.cursor).run_requests == []
+        extra = tmp_path / "x"
+        kit.parquet(extra, "transaction", "20261124T100000Z", [
+            {"txn_id": "T9", "warehouse_code": "WHA", "sku": "SKU-101", "qty_each": 1, "txn_type": "RECEIPT",
+             "txn_at": kit.t("2026-11-24T09:30:00Z"), "reference": None}])
+        upload_tree(endpoint, extra, "drop", "in")
+        assert len(_tick(first.cursor).run_requests) == 1
