@@ -41,18 +41,15 @@ def _canonical_asset(table: str) -> dg.AssetsDefinition:
     def _build(context: dg.AssetExecutionContext, distsync: DistsyncResource) -> dg.MaterializeResult:
         as_of = distsync.resolve_as_of(context)
         with distsync.connect() as con:
-            out = build_canonical_table(con, table, distsync.load_settings(), as_of)
-            lake_file = distsync.lake_path() / table.replace(".", "/") / "data.parquet"
-            if out["rebuilt"] or not lake_file.exists():
-                export_to_lake(con, table, str(distsync.lake_path()))
+            out = build_canonical_table(con, table, distsync.load_settings(), as_of, distsync.lake_path())
         failures = out["contract_failures"]
         return dg.MaterializeResult(
             metadata={
                 "dagster/row_count": out["rows"],
-                "lake_file": dg.MetadataValue.path(str(lake_file)),
+                "lake_folder": dg.MetadataValue.path(out["folder"]),
                 "rebuilt": out["rebuilt"],
-                "current_files": md([{"feed": name, "file": f} for name, p in out["feeds"].items()
-                                     for f in p["current_files"]]),
+                "current_files": md([{"feed": name, "file": f} for name, files in out["current_files"].items()
+                                     for f in files]),
             },
             check_results=[dg.AssetCheckResult(
                 check_name="canonical_contract", passed=not failures,

@@ -49,7 +49,8 @@ def _feed_asset(feed: Feed) -> dg.AssetsDefinition:
     def _ingest(context: dg.AssetExecutionContext, distsync: DistsyncResource) -> dg.MaterializeResult:
         as_of = distsync.resolve_as_of(context)
         with distsync.connect() as con:
-            result = ingest_feed_from_landing(con, feed, distsync.landing_url(), distsync.load_settings(), as_of)
+            result = ingest_feed_from_landing(con, feed, distsync.landing_url(), distsync.load_settings(), as_of,
+                                              distsync.lake_path())
             current_counts, sample = quarantine_summary(con, feed.name)
         files = result.files
         rejected = [f for f in files if f.outcome == "rejected"]

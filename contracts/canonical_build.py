@@ -1,4 +1,4 @@
-"""Pick each feed's current version and build the canonical tables from staging.
+"""Pick each feed's current version and publish the canonical tables.
 
 Current-version rules (``shared/spec/extracts.md``), over file versions whose ``<TS>``
 is not after the run's ``as_of`` (so a run with an old ``as_of`` reproduces exactly):
@@ -12,22 +12,29 @@ is not after the run's ``as_of`` (so a run with an old ``as_of`` reproduces exac
   recommendation, by file ``<TS>``;
 - ``transaction``: every distinct ``txn_id`` once (the first file that delivered it).
 
-A canonical table is rebuilt only when the set of current file versions changed since
-its last build (``ingest.canonical_state``), and checked against its pandera contract
-(``contracts/canonical.py``).
+Storage: a canonical table is the Parquet folder ``<lake>/canonical/<table>/`` and a
+DuckDB view ``canonical.<table>`` over it. For snapshot feeds the folder holds hard
+links to the current files' staging Parquet (no copy); for delta and event feeds one
+Parquet file with the latest version of each key. A table is republished only when the
+set of current file versions changed (``ingest.canonical_state``), and checked against
+its pandera contract (``contracts/canonical.py``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 from datetime import datetime
+from pathlib import Path
 
 import duckdb
 
 from contracts.feeds import DELTA, EVENTS, FEEDS, SNAPSHOT, VERSIONED, Feed
+from contracts.ingest import staging_path
 from contracts.settings import Settings
-from contracts.warehouse import create_all, table_exists
+from contracts.warehouse import CANONICAL_DDL, columns_of, create_all, empty_select
 
 CANONICAL_TABLE = {
     "item_master": "canonical.item",
@@ -44,19 +51,17 @@ CANONICAL_TABLE = {
     "planned_order": "canonical.planned_order",
     "transaction": "canonical.inventory_txn",
 }
+DELTA_KEY = {"purchase_order": "ebeln, ebelp", "planned_order": "recommendation_id"}
 
-# staging column -> canonical column, per feed (only where names differ or need work)
-_SELECT = {
-    "purchase_order": "* EXCLUDE (_file_path, _sha256, _extract_ts, _row_number), _extract_ts AS extract_ts, _file_path AS source_file",
-    "planned_order": "* EXCLUDE (_file_path, _sha256, _extract_ts, _row_number), _extract_ts AS extract_ts, _file_path AS source_file",
-}
-_DEFAULT_SELECT = "* EXCLUDE (_file_path, _sha256, _extract_ts, _row_number), _file_path AS source_file"
+
+def feeds_of(table: str) -> list[Feed]:
+    return [FEEDS[name] for name, t in CANONICAL_TABLE.items() if t == table]
 
 
 def _candidates_sql(feed: Feed) -> str:
     """Latest accepted version of every file name of the feed, extract_ts <= as_of."""
     return f"""
-        SELECT file_path, sha256, system, feed, extract_ts FROM (
+        SELECT file_path, sha256, system, feed, extract_ts, version_ts FROM (
             SELECT *, row_number() OVER (PARTITION BY file_path ORDER BY seq DESC) AS rn
             FROM ingest.manifest WHERE feed = '{feed.name}' AND outcome = 'accepted'
               AND extract_ts <= $as_of
@@ -64,93 +69,152 @@ def _candidates_sql(feed: Feed) -> str:
 
 
 def select_current_files(con: duckdb.DuckDBPyConnection, feed: Feed, as_of: datetime) -> list[tuple]:
+    """(file_path, sha256, system, feed, extract_ts) of the feed's current file versions."""
     cands = _candidates_sql(feed)
     if feed.kind == SNAPSHOT:
         sql = f"SELECT * FROM ({cands}) ORDER BY extract_ts DESC, file_path DESC LIMIT 1"
     elif feed.kind == VERSIONED:
-        if not table_exists(con, feed.staging_table):
-            return []
-        sql = f"""
-            SELECT c.* FROM ({cands}) c
-            JOIN (SELECT _file_path, _sha256, max(published_at) AS published_at
-                  FROM {feed.staging_table} GROUP BY ALL) s
-              ON s._file_path = c.file_path AND s._sha256 = c.sha256
-            ORDER BY s.published_at DESC, c.extract_ts DESC LIMIT 1"""
+        sql = f"SELECT * FROM ({cands}) ORDER BY version_ts DESC NULLS LAST, extract_ts DESC LIMIT 1"
     else:  # DELTA, EVENTS: every accepted file contributes
         sql = f"SELECT * FROM ({cands}) ORDER BY extract_ts, file_path"
-    return con.execute(sql, {"as_of": as_of}).fetchall()
+    return [r[:5] for r in con.execute(sql, {"as_of": as_of}).fetchall()]
 
 
-def _fingerprint(files: list[tuple]) -> str:
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f"{f[0]}|{f[1]}\n".encode())
+def _fingerprint(lake_dir: Path, files: dict[str, list[tuple]]) -> str:
+    h = hashlib.sha256(str(lake_dir.resolve()).encode())
+    for feed in sorted(files):
+        for f in files[feed]:
+            h.update(f"{feed}|{f[0]}|{f[1]}\n".encode())
     return h.hexdigest()
 
 
-def build_canonical_feed(con: duckdb.DuckDBPyConnection, feed: Feed, settings: Settings, as_of: datetime,
-                         force: bool = False) -> dict:
-    """Rebuild the canonical rows of one feed when its current files changed.
+def _sql_list(paths: list[Path]) -> str:
+    return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
 
-    Returns metadata: whether it was rebuilt, the current files, row count.
-    """
+
+def _link(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system, or links not allowed: copy
+        shutil.copyfile(src, dst)
+
+
+def _publish(con: duckdb.DuckDBPyConnection, table: str, lake: Path, files: dict[str, list[tuple]]) -> Path:
+    """Write ``<lake>/canonical/<table>/`` for the given current files; return the folder."""
+    name = table.split(".")[1]
+    final = lake / "canonical" / name
+    tmp = lake / "canonical" / f".{name}.building"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for feed_name, rows in files.items():
+        feed = FEEDS[feed_name]
+        paths = [staging_path(lake, feed, r[0], r[1]) for r in rows]
+        missing = [str(p) for p in paths if not p.exists()]
+        if missing:
+            raise FileNotFoundError(f"staging Parquet missing for {feed_name}: {missing[0]} (re-ingest the file)")
+        if not paths:
+            continue
+        if feed.kind in (SNAPSHOT, VERSIONED):
+            for p in paths:
+                _link(p, tmp / f"{feed.name}__{p.name}")
+        else:
+            if feed.kind == DELTA:
+                order = f"PARTITION BY {DELTA_KEY[feed.name]} ORDER BY extract_ts DESC, source_file DESC, _row_number DESC"
+            else:
+                order = "PARTITION BY txn_id ORDER BY filename, _row_number"
+            out = tmp / f"{feed.name}.parquet"
+            con.execute(
+                f"""COPY (SELECT * EXCLUDE (filename) FROM read_parquet({_sql_list(paths)}, filename = true,
+                          union_by_name = true) QUALIFY row_number() OVER ({order}) = 1)
+                    TO '{out}' (FORMAT parquet, COMPRESSION lz4)""")
+    old = lake / "canonical" / f".{name}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _create_view(con: duckdb.DuckDBPyConnection, table: str, folder: Path | None) -> None:
+    cols = columns_of(CANONICAL_DDL[table])
+    drop_table_or_view(con, table)
+    if folder is None or not any(folder.glob("*.parquet")):
+        con.execute(f"CREATE VIEW {table} AS {empty_select(CANONICAL_DDL[table])}")
+        return
+    select = ", ".join(f'CAST("{c}" AS {t}) AS "{c}"' for c, t in cols)
+    pattern = str(folder / "*.parquet").replace("'", "''")
+    con.execute(f"CREATE VIEW {table} AS SELECT {select} FROM read_parquet('{pattern}', union_by_name = true)")
+
+
+def drop_table_or_view(con: duckdb.DuckDBPyConnection, table: str) -> None:
+    schema, name = table.split(".")
+    kind = con.execute("SELECT table_type FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
+                       [schema, name]).fetchone()
+    if kind is not None:
+        con.execute(f"DROP {'VIEW' if kind[0] == 'VIEW' else 'TABLE'} {table}")
+
+
+def build_canonical_table(con: duckdb.DuckDBPyConnection, table: str, settings: Settings, as_of: datetime,
+                          lake_dir: str | os.PathLike, force: bool = False) -> dict:
+    """Publish one canonical table from its feed(s) when its current files changed, and
+    check it against its contract. Returns metadata for the UI."""
+    from contracts.canonical import validate_table
+
     create_all(con)
-    files = select_current_files(con, feed, as_of)
-    fp = _fingerprint(files)
-    target = CANONICAL_TABLE[feed.name]
-    state = con.execute("SELECT fingerprint FROM ingest.canonical_state WHERE feed = ?", [feed.name]).fetchone()
+    lake = Path(lake_dir).resolve()
+    feeds = feeds_of(table)
+    files = {f.name: select_current_files(con, f, as_of) for f in feeds}
+    fp = _fingerprint(lake, files)
+    state = con.execute("SELECT fingerprint FROM ingest.canonical_state WHERE feed = ?", [table]).fetchone()
+    rebuilt = force or state is None or state[0] != fp
     con.execute("BEGIN TRANSACTION")
     try:
-        con.execute("DELETE FROM ingest.current_files WHERE feed = ?", [feed.name])
-        if files:
-            con.executemany("INSERT INTO ingest.current_files VALUES (?, ?, ?, ?, ?)", files)
-        rebuilt = force or state is None or state[0] != fp
+        for f in feeds:
+            con.execute("DELETE FROM ingest.current_files WHERE feed = ?", [f.name])
+            if files[f.name]:
+                con.executemany("INSERT INTO ingest.current_files VALUES (?, ?, ?, ?, ?)", files[f.name])
         if rebuilt:
-            _rebuild(con, feed, target)
+            folder = _publish(con, table, lake, files)
+            _create_view(con, table, folder)
+            if table == "canonical.inventory_snapshot":
+                con.execute("DELETE FROM canonical.conflict_key")
+                con.execute(
+                    """INSERT INTO canonical.conflict_key BY NAME
+                       SELECT k.system, k.feed, k.item_id, k.location_id, k.natural_key, k._file_path AS source_file
+                       FROM staging.conflict_key k JOIN ingest.current_files c
+                         ON c.feed = k.feed AND c.file_path = k._file_path AND c.sha256 = k._sha256""")
             con.execute(
                 """INSERT INTO ingest.canonical_state VALUES (?, ?, now())
                    ON CONFLICT (feed) DO UPDATE SET fingerprint = excluded.fingerprint, built_at = excluded.built_at""",
-                [feed.name, fp])
+                [table, fp])
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
         raise
-    where = f"WHERE system = '{feed.system}'" if target == "canonical.inventory_snapshot" else ""
-    rows = con.execute(f"SELECT count(*) FROM {target} {where}").fetchone()[0]
-    return {"rebuilt": rebuilt, "current_files": [f[0] for f in files], "rows": rows, "table": target}
-
-
-def _rebuild(con: duckdb.DuckDBPyConnection, feed: Feed, target: str) -> None:
-    snapshot_part = target == "canonical.inventory_snapshot"
-    if snapshot_part:
-        con.execute(f"DELETE FROM {target} WHERE system = ?", [feed.system])
-        con.execute("DELETE FROM canonical.conflict_key WHERE feed = ?", [feed.name])
+    key = fp
+    cached = con.execute("SELECT result FROM ingest.canonical_check WHERE table_name = ? AND files_key = ?",
+                         [table, key]).fetchone()
+    if cached is not None and not rebuilt:
+        check = json.loads(cached[0])      # same files as the last check: not read again
     else:
-        con.execute(f"DELETE FROM {target}")
-    if not table_exists(con, feed.staging_table):
-        return
-    cur = f"""(SELECT s.* FROM {feed.staging_table} s
-               JOIN ingest.current_files c ON c.feed = '{feed.name}'
-                AND c.file_path = s._file_path AND c.sha256 = s._sha256)"""
-    select = _SELECT.get(feed.name, _DEFAULT_SELECT)
-    if feed.kind in (SNAPSHOT, VERSIONED):
-        src = cur
-    elif feed.kind == DELTA:
-        key = "ebeln, ebelp" if feed.name == "purchase_order" else "recommendation_id"
-        src = f"""(SELECT * FROM {cur} QUALIFY row_number() OVER (
-                    PARTITION BY {key} ORDER BY _extract_ts DESC, _file_path DESC, _row_number DESC) = 1)"""
-    elif feed.kind == EVENTS:
-        src = f"""(SELECT * FROM {cur} QUALIFY row_number() OVER (
-                    PARTITION BY txn_id ORDER BY _extract_ts, _file_path, _row_number) = 1)"""
-    else:  # pragma: no cover - every kind is listed above
-        raise ValueError(feed.kind)
-    con.execute(f"INSERT INTO {target} BY NAME SELECT {select} FROM {src}")
-    if snapshot_part:
+        check = validate_table(con, table)
         con.execute(
-            f"""INSERT INTO canonical.conflict_key BY NAME
-                SELECT k.system, k.feed, k.item_id, k.location_id, k.natural_key, k._file_path AS source_file
-                FROM staging.conflict_key k JOIN ingest.current_files c
-                  ON c.feed = '{feed.name}' AND c.file_path = k._file_path AND c.sha256 = k._sha256""")
+            """INSERT INTO ingest.canonical_check VALUES (?, ?, ?)
+               ON CONFLICT (table_name) DO UPDATE SET files_key = excluded.files_key, result = excluded.result""",
+            [table, key, json.dumps(check, default=str)])
+    return {"table": table, "rebuilt": rebuilt, "rows": check["rows"],
+            "current_files": {name: [r[0] for r in rows] for name, rows in files.items()},
+            "folder": str(lake / "canonical" / table.split(".")[1]),
+            "contract_failures": check["failures"], "contract_sample": check["sample"]}
+
+
+def build_canonical(con: duckdb.DuckDBPyConnection, settings: Settings, as_of: datetime,
+                    lake_dir: str | os.PathLike) -> dict[str, dict]:
+    """Every canonical table plus feed freshness (what the ingestion layer ends with)."""
+    out = {t: build_canonical_table(con, t, settings, as_of, lake_dir) for t in sorted(set(CANONICAL_TABLE.values()))}
+    build_feed_status(con, settings, as_of)
+    return out
 
 
 def build_feed_status(con: duckdb.DuckDBPyConnection, settings: Settings, as_of: datetime) -> list[dict]:
@@ -174,29 +238,3 @@ def build_feed_status(con: duckdb.DuckDBPyConnection, settings: Settings, as_of:
     cols = ("system", "feed", "current_files", "newest_file", "newest_extract_ts", "age_hours",
             "freshness_limit_hours", "stale", "run_as_of")
     return [dict(zip(cols, r)) for r in rows]
-
-
-def feeds_of(table: str) -> list[Feed]:
-    return [FEEDS[name] for name, t in CANONICAL_TABLE.items() if t == table]
-
-
-def build_canonical_table(con: duckdb.DuckDBPyConnection, table: str, settings: Settings,
-                          as_of: datetime) -> dict:
-    """Build one canonical table from its feed(s) and check it against its contract."""
-    from contracts.canonical import validate_table
-
-    parts = {feed.name: build_canonical_feed(con, feed, settings, as_of) for feed in feeds_of(table)}
-    rebuilt = any(p["rebuilt"] for p in parts.values())
-    key = "|".join(sorted(f"{name}:{','.join(p['current_files'])}" for name, p in parts.items()))
-    cached = con.execute("SELECT result FROM ingest.canonical_check WHERE table_name = ? AND files_key = ?",
-                         [table, key]).fetchone()
-    if cached is not None and not rebuilt:
-        check = json.loads(cached[0])      # same files as the last check: not read again
-    else:
-        check = validate_table(con, table)
-        con.execute(
-            """INSERT INTO ingest.canonical_check VALUES (?, ?, ?)
-               ON CONFLICT (table_name) DO UPDATE SET files_key = excluded.files_key, result = excluded.result""",
-            [table, key, json.dumps(check, default=str)])
-    return {"table": table, "feeds": parts, "rows": check["rows"], "rebuilt": rebuilt,
-            "contract_failures": check["failures"], "contract_sample": check["sample"]}

@@ -38,10 +38,6 @@ class Feed:
         return f"{self.system}_{self.name}"
 
     @property
-    def staging_table(self) -> str:
-        return f"staging.{self.qualified}"
-
-    @property
     def is_full_snapshot(self) -> bool:
         return self.kind in (SNAPSHOT, VERSIONED)
 

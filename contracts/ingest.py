@@ -10,15 +10,20 @@ For each file found in the landing zone:
   ``settings.reject_bad_row_share`` of its rows quarantined). A file with the same name
   and a new hash is a correction: a new version that supersedes the earlier one.
 
-Each file is written in one DuckDB transaction, so a table is never half-loaded.
+Accepted rows are kept as one Parquet file per file version under
+``<lake>/staging/<system>_<feed>/`` (canonical shape, base units); the manifest,
+quarantine and conflict keys of a file are written in one DuckDB transaction, so a
+table is never half-loaded.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 
 import duckdb
 import polars as pl
@@ -86,15 +91,16 @@ def _state(con, rel_path: str):
 
 
 def _write_manifest(con, *, rel_path, system, feed, extract_ts, sha, size, outcome, reason, as_of, uri,
-                    rows_read=0, rows_accepted=0, rows_quarantined=0, rows_duplicate=0) -> None:
+                    rows_read=0, rows_accepted=0, rows_quarantined=0, rows_duplicate=0, version_ts=None) -> None:
     con.execute(
         """INSERT INTO ingest.manifest BY NAME SELECT
              (SELECT coalesce(max(seq), 0) + 1 FROM ingest.manifest) AS seq,
              ? AS file_path, ? AS system, ? AS feed, ? AS extract_ts, ? AS sha256, ? AS size_bytes,
              ? AS rows_read, ? AS rows_accepted, ? AS rows_quarantined, ? AS rows_duplicate,
-             ? AS outcome, ? AS reason, ? AS ingested_at, ? AS run_as_of, ? AS source_uri""",
+             ? AS outcome, ? AS reason, ? AS ingested_at, ? AS run_as_of, ? AS source_uri,
+             ? AS version_ts""",
         [rel_path, system, feed, extract_ts, sha, size, rows_read, rows_accepted, rows_quarantined,
-         rows_duplicate, outcome, reason, _now(), as_of, uri],
+         rows_duplicate, outcome, reason, _now(), as_of, uri, version_ts],
     )
 
 
@@ -108,7 +114,8 @@ def _write_state(con, rel_path: str, size: int, signature: str, sha: str) -> Non
 
 
 def _quarantine_rows(feed: Feed, parsed: pl.DataFrame, prep: Prepared, rel_path: str, sha: str) -> pl.DataFrame:
-    raw_json = parsed.select(
+    bad = prep.quarantine.select(ROW_NUMBER).unique()
+    raw_json = parsed.join(bad, on=ROW_NUMBER, how="semi").select(
         ROW_NUMBER,
         pl.struct([pl.col(c).cast(pl.String) for c in feed.columns]).struct.json_encode().alias("raw"),
     )
@@ -119,22 +126,27 @@ def _quarantine_rows(feed: Feed, parsed: pl.DataFrame, prep: Prepared, rel_path:
     ).sort("row_number", "rule")
 
 
-def _insert_staging(con, feed: Feed, staged: pl.DataFrame, rel_path: str, sha: str, extract_ts: datetime) -> None:
-    frame = staged.with_columns(
-        pl.lit(rel_path).alias("_file_path"), pl.lit(sha).alias("_sha256"),
-        pl.lit(extract_ts).cast(pl.Datetime("us", "UTC")).alias("_extract_ts"),
-    )
-    con.register("_staged", frame)
-    try:
-        con.execute(f"CREATE TABLE IF NOT EXISTS {feed.staging_table} AS SELECT * FROM _staged LIMIT 0")
-        con.execute(f"DELETE FROM {feed.staging_table} WHERE _file_path = ? AND _sha256 = ?", [rel_path, sha])
-        con.execute(f"INSERT INTO {feed.staging_table} BY NAME SELECT * FROM _staged")
-    finally:
-        con.unregister("_staged")
+def staging_path(lake_dir: str | os.PathLike, feed: Feed, rel_path: str, sha: str) -> Path:
+    """Where the accepted rows of one file version are kept (Parquet, canonical shape)."""
+    stem = rel_path.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+    return Path(lake_dir) / "staging" / feed.qualified / f"{stem}__{sha[:16]}.parquet"
+
+
+def _write_staging(lake_dir, feed: Feed, staged: pl.DataFrame, rel_path: str, sha: str,
+                   extract_ts: datetime) -> Path:
+    frame = staged.with_columns(pl.lit(rel_path).alias("source_file"))
+    if feed.name in ("purchase_order", "planned_order"):
+        frame = frame.with_columns(pl.lit(extract_ts).cast(pl.Datetime("us", "UTC")).alias("extract_ts"))
+    path = staging_path(lake_dir, feed, rel_path, sha)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".parquet.tmp")
+    frame.write_parquet(tmp, compression="lz4", statistics=True)
+    os.replace(tmp, path)
+    return path
 
 
 def ingest_file(con: duckdb.DuckDBPyConnection, lf: LandingFile, refs: References, settings: Settings,
-                as_of: datetime, data: bytes | None = None) -> FileOutcome | None:
+                as_of: datetime, lake_dir: str | os.PathLike, data: bytes | None = None) -> FileOutcome | None:
     """Ingest one landing file; None when it is unchanged since it was last seen."""
     started = time.perf_counter()
     feed = lf.feed
@@ -180,6 +192,10 @@ def ingest_file(con: duckdb.DuckDBPyConnection, lf: LandingFile, refs: Reference
     quarantine = _quarantine_rows(feed, parsed, prep, lf.rel_path, sha)
     del parsed
     rows_accepted = prep.staged.height if outcome == "accepted" else 0
+    if outcome == "accepted":
+        # written before the manifest row that makes it count; a crash in between leaves
+        # a file that the retry overwrites (same name for the same bytes)
+        _write_staging(lake_dir, feed, prep.staged, lf.rel_path, sha, lf.extract_ts)
 
     con.execute("BEGIN TRANSACTION")
     try:
@@ -189,7 +205,6 @@ def ingest_file(con: duckdb.DuckDBPyConnection, lf: LandingFile, refs: Reference
             con.execute("INSERT INTO ingest.quarantine BY NAME SELECT * FROM _q")
             con.unregister("_q")
         if outcome == "accepted":
-            _insert_staging(con, feed, prep.staged, lf.rel_path, sha, lf.extract_ts)
             con.execute("DELETE FROM staging.conflict_key WHERE _file_path = ? AND _sha256 = ?", [lf.rel_path, sha])
             if prep.conflicts.height:
                 conflicts = prep.conflicts.with_columns(
@@ -198,8 +213,11 @@ def ingest_file(con: duckdb.DuckDBPyConnection, lf: LandingFile, refs: Reference
                 con.register("_c", conflicts)
                 con.execute("INSERT INTO staging.conflict_key BY NAME SELECT * FROM _c")
                 con.unregister("_c")
+        version_ts = (prep.staged.select(pl.col("published_at").max()).item()
+                      if feed.name == "forecast" and prep.staged.height else None)
         _write_manifest(con, **common, outcome=outcome, reason=reason, rows_read=prep.rows_read,
-                        rows_accepted=rows_accepted, rows_quarantined=n_bad, rows_duplicate=prep.rows_duplicate)
+                        rows_accepted=rows_accepted, rows_quarantined=n_bad, rows_duplicate=prep.rows_duplicate,
+                        version_ts=version_ts)
         _write_state(con, lf.rel_path, common["size"], lf.signature, sha)
         con.execute("COMMIT")
     except BaseException:
@@ -230,12 +248,12 @@ def record_unrecognised(con, item: landing_mod.Unrecognised, as_of: datetime) ->
 
 
 def ingest_feed(con: duckdb.DuckDBPyConnection, feed: Feed, files: list[LandingFile], settings: Settings,
-                as_of: datetime) -> FeedIngest:
+                as_of: datetime, lake_dir: str | os.PathLike) -> FeedIngest:
     """Ingest the given files of one feed, oldest name first."""
     result = FeedIngest(feed.name)
     refs = load_references(con)
     for lf in sorted(files, key=lambda f: (f.extract_ts, f.rel_path)):
-        outcome = ingest_file(con, lf, refs, settings, as_of)
+        outcome = ingest_file(con, lf, refs, settings, as_of, lake_dir)
         if outcome is None:
             result.skipped_unchanged += 1
         else:
@@ -244,21 +262,21 @@ def ingest_feed(con: duckdb.DuckDBPyConnection, feed: Feed, files: list[LandingF
 
 
 def ingest_feed_from_landing(con: duckdb.DuckDBPyConnection, feed: Feed, landing: str, settings: Settings,
-                             as_of: datetime) -> FeedIngest:
+                             as_of: datetime, lake_dir: str | os.PathLike) -> FeedIngest:
     """List the feed's folder in the landing zone and ingest what is new."""
     create_all(con)
     files, _ = landing_mod.list_landing(landing, f"{feed.system}/{feed.name}")
-    return ingest_feed(con, feed, files, settings, as_of)
+    return ingest_feed(con, feed, files, settings, as_of, lake_dir)
 
 
 def ingest_landing(con: duckdb.DuckDBPyConnection, landing: str, settings: Settings, as_of: datetime,
-                   build: bool = True) -> dict[str, FeedIngest]:
+                   lake_dir: str | os.PathLike, build: bool = True) -> dict[str, FeedIngest]:
     """Ingest every feed in dependency order, rebuilding each canonical table as it goes.
 
     This is the whole ingestion layer in one call (the Dagster assets run the same steps
     one feed at a time).
     """
-    from contracts.canonical_build import build_canonical_feed, build_feed_status
+    from contracts.canonical_build import CANONICAL_TABLE, build_canonical_table, build_feed_status
 
     create_all(con)
     files, unknown = landing_mod.list_landing(landing)
@@ -267,9 +285,9 @@ def ingest_landing(con: duckdb.DuckDBPyConnection, landing: str, settings: Setti
         by_feed.setdefault(lf.feed.name, []).append(lf)
     results: dict[str, FeedIngest] = {}
     for name in INGEST_ORDER:
-        results[name] = ingest_feed(con, FEEDS[name], by_feed.get(name, []), settings, as_of)
+        results[name] = ingest_feed(con, FEEDS[name], by_feed.get(name, []), settings, as_of, lake_dir)
         if build:
-            build_canonical_feed(con, FEEDS[name], settings, as_of)
+            build_canonical_table(con, CANONICAL_TABLE[name], settings, as_of, lake_dir)
     extra = FeedIngest("unrecognised")
     for item in unknown:
         out = record_unrecognised(con, item, as_of)

@@ -26,6 +26,7 @@ INGEST_DDL = {
         file_path VARCHAR,          -- landing-relative: erp/item_master/item_master_<TS>.csv
         system VARCHAR, feed VARCHAR,
         extract_ts TIMESTAMPTZ,     -- <TS> of the file name
+        version_ts TIMESTAMPTZ,     -- forecast: max(published_at) of the file (picks the current version)
         sha256 VARCHAR, size_bytes BIGINT,
         rows_read BIGINT, rows_accepted BIGINT, rows_quarantined BIGINT,
         rows_duplicate BIGINT,      -- exact duplicate rows collapsed into one
@@ -152,12 +153,36 @@ CANONICAL_DDL = {
 }
 
 
+def columns_of(ddl: str) -> list[tuple[str, str]]:
+    """(name, type) of each column of a DDL body above (comments stripped)."""
+    text = "\n".join(line.split("--")[0] for line in ddl.splitlines())
+    out = []
+    for part in text.split(","):
+        words = part.split()
+        if len(words) >= 2:
+            out.append((words[0].strip('"'), words[1]))
+    return out
+
+
+def empty_select(ddl: str) -> str:
+    """A typed SELECT with the DDL's columns and no rows."""
+    cols = ", ".join(f'CAST(NULL AS {t}) AS "{c}"' for c, t in columns_of(ddl))
+    return f"SELECT {cols} WHERE false"
+
+
 def create_all(con: duckdb.DuckDBPyConnection) -> None:
-    """Create every schema and the ingest/canonical tables that do not exist yet."""
+    """Create every schema and the ingest/canonical tables that do not exist yet.
+
+    ``canonical.*`` starts as empty tables (tests fill them directly); a canonical build
+    replaces each with a view over its Parquet folder in the lake.
+    """
     for schema in SCHEMAS:
         con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+    existing = {f"{s}.{t}" for s, t in con.execute(
+        "SELECT table_schema, table_name FROM information_schema.tables").fetchall()}
     for name, cols in {**INGEST_DDL, **CANONICAL_DDL}.items():
-        con.execute(f"CREATE TABLE IF NOT EXISTS {name} ({cols})")
+        if name not in existing:
+            con.execute(f"CREATE TABLE {name} ({cols})")
 
 
 def table_exists(con: duckdb.DuckDBPyConnection, qualified: str) -> bool:

@@ -25,7 +25,7 @@ def mini_landing(tmp_path_factory):
 def ingested(mini_landing):
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
-    ingest_landing(con, str(mini_landing), Settings(), MINI_AS_OF)
+    ingest_landing(con, str(mini_landing), Settings(), MINI_AS_OF, mini_landing.parent / "lake")
     yield con
     con.close()
 
@@ -124,7 +124,7 @@ def test_ingesting_the_same_landing_twice_changes_nothing(ingested, mini_landing
     tables = ["ingest.manifest", "ingest.quarantine", "canonical.inventory_snapshot", "canonical.forecast",
               "canonical.inventory_txn", "canonical.purchase_order_line", "ingest.current_files"]
     before = {t: sorted(ingested.execute(f"SELECT * FROM {t}").fetchall(), key=repr) for t in tables}
-    results = ingest_landing(ingested, str(mini_landing), Settings(), MINI_AS_OF)
+    results = ingest_landing(ingested, str(mini_landing), Settings(), MINI_AS_OF, mini_landing.parent / "lake")
     assert sum(len(r.files) for r in results.values()) == 0
     after = {t: sorted(ingested.execute(f"SELECT * FROM {t}").fetchall(), key=repr) for t in tables}
     assert before == after

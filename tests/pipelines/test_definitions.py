@@ -41,4 +41,4 @@ def test_materialize_over_mini(tmp_path, mini_landing):
     # the rejected location_master file fails the ERP location feed's raw contract check
     assert checks[("ingest/erp_location_master", "raw_contract")] is False
     assert checks[("ingest/erp_item_master", "raw_contract")] is True
-    assert (tmp_path / "data" / "lake" / "canonical" / "inventory_snapshot" / "data.parquet").exists()
+    assert len(list((tmp_path / "data" / "lake" / "canonical" / "inventory_snapshot").glob("*.parquet"))) == 3
