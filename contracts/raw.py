@@ -229,13 +229,24 @@ def rule_failures(feed: Feed, df: pl.DataFrame) -> pl.DataFrame:
 
     Returns one row per (row, rule, column) broken: ``_row_idx`` (0-based position in
     ``df``), ``rule``, ``column``, ``detail``.
+
+    Speed: every rule of the schema is first evaluated in one polars pass (the same
+    expressions the pandera checks run); pandera then validates only the rows that broke
+    at least one rule, which is where its failure cases come from. On clean data that is
+    one pass over the file instead of one per check.
     """
     schema = raw_schema(feed.name)
     empty = pl.DataFrame(schema={"_row_idx": pl.Int64, "rule": pl.String, "column": pl.String, "detail": pl.String})
     if df.height == 0:
         return empty
+    exprs = [r.build(col).fill_null(False) for col, rules in column_rules(feed).items() for r in rules]
+    indexed = df.with_row_index("_pos")
+    suspects = indexed.filter(~pl.all_horizontal(exprs))
+    if suspects.height == 0:
+        return empty
+    positions = suspects.select(pl.col("_pos").cast(pl.Int64))
     try:
-        schema.validate(df, lazy=True)
+        schema.validate(suspects.drop("_pos"), lazy=True)
     except pa.errors.SchemaErrors as exc:
         fc = exc.failure_cases
         unexpected = fc.filter(pl.col("index").is_null())
@@ -247,13 +258,16 @@ def rule_failures(feed: Feed, df: pl.DataFrame) -> pl.DataFrame:
             schema={"column": pl.String, "rule": pl.String, "detail": pl.String},
             orient="row",
         ).unique(subset=["column", "rule"])
+        local = positions.with_row_index("_local").with_columns(pl.col("_local").cast(pl.Int64))
         return (
             fc.select(
-                pl.col("index").cast(pl.Int64).alias("_row_idx"),
+                pl.col("index").cast(pl.Int64).alias("_local"),
                 pl.col("check").alias("rule"),
                 pl.col("column"),
             )
             .unique()
+            .join(local, on="_local", how="left")
+            .select(pl.col("_pos").alias("_row_idx"), "rule", "column")
             .join(details, on=["column", "rule"], how="left")
         )
-    return empty
+    raise AssertionError(f"{feed.name}: rows failed the fast rule pass but passed pandera")  # pragma: no cover
