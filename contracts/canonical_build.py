@@ -34,7 +34,7 @@ import duckdb
 from contracts.feeds import DELTA, EVENTS, FEEDS, SNAPSHOT, VERSIONED, Feed
 from contracts.ingest import staging_path
 from contracts.settings import Settings
-from contracts.warehouse import CANONICAL_DDL, columns_of, create_all, empty_select
+from contracts.warehouse import CANONICAL_DDL, columns_of, create_all, default_lake_dir, empty_select
 
 CANONICAL_TABLE = {
     "item_master": "canonical.item",
@@ -210,8 +210,9 @@ def build_canonical_table(con: duckdb.DuckDBPyConnection, table: str, settings: 
 
 
 def build_canonical(con: duckdb.DuckDBPyConnection, settings: Settings, as_of: datetime,
-                    lake_dir: str | os.PathLike) -> dict[str, dict]:
+                    lake_dir: str | os.PathLike | None = None) -> dict[str, dict]:
     """Every canonical table plus feed freshness (what the ingestion layer ends with)."""
+    lake_dir = lake_dir or default_lake_dir(con)
     out = {t: build_canonical_table(con, t, settings, as_of, lake_dir) for t in sorted(set(CANONICAL_TABLE.values()))}
     build_feed_status(con, settings, as_of)
     return out

@@ -33,7 +33,7 @@ from contracts.feeds import FEEDS, INGEST_ORDER, Feed, LandingFile
 from contracts.mapping import Prepared, References, prepare
 from contracts.readers import ROW_NUMBER, FileRejected, read_feed_file
 from contracts.settings import Settings
-from contracts.warehouse import create_all, table_exists
+from contracts.warehouse import create_all, default_lake_dir, table_exists
 
 
 @dataclass
@@ -270,7 +270,7 @@ def ingest_feed_from_landing(con: duckdb.DuckDBPyConnection, feed: Feed, landing
 
 
 def ingest_landing(con: duckdb.DuckDBPyConnection, landing: str, settings: Settings, as_of: datetime,
-                   lake_dir: str | os.PathLike, build: bool = True) -> dict[str, FeedIngest]:
+                   lake_dir: str | os.PathLike | None = None, build: bool = True) -> dict[str, FeedIngest]:
     """Ingest every feed in dependency order, rebuilding each canonical table as it goes.
 
     This is the whole ingestion layer in one call (the Dagster assets run the same steps
@@ -279,6 +279,7 @@ def ingest_landing(con: duckdb.DuckDBPyConnection, landing: str, settings: Setti
     from contracts.canonical_build import CANONICAL_TABLE, build_canonical_table, build_feed_status
 
     create_all(con)
+    lake_dir = lake_dir or default_lake_dir(con)
     files, unknown = landing_mod.list_landing(landing)
     by_feed: dict[str, list[LandingFile]] = {}
     for lf in files:

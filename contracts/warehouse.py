@@ -211,3 +211,25 @@ def export_to_lake(con: duckdb.DuckDBPyConnection, qualified: str, lake_dir: str
     con.execute(f"COPY (SELECT * FROM {qualified}) TO '{tmp}' (FORMAT parquet, COMPRESSION zstd)")
     os.replace(tmp, final)
     return final
+
+
+_TEMP_LAKES: dict[int, str] = {}
+
+
+def default_lake_dir(con: duckdb.DuckDBPyConnection) -> str:
+    """``<folder of the warehouse file>/lake``; for an in-memory warehouse a temporary
+    folder that lives as long as the process (removed at exit)."""
+    import atexit
+    import os
+    import shutil
+    import tempfile
+
+    row = con.execute("SELECT path FROM duckdb_databases() WHERE database_name = current_database()").fetchone()
+    if row and row[0]:
+        return os.path.join(os.path.dirname(os.path.abspath(row[0])), "lake")
+    key = id(con)
+    if key not in _TEMP_LAKES:
+        path = tempfile.mkdtemp(prefix="distsync-lake-")
+        atexit.register(shutil.rmtree, path, True)
+        _TEMP_LAKES[key] = path
+    return _TEMP_LAKES[key]
