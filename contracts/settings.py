@@ -88,6 +88,9 @@ class Settings:
     late_po_high_days: float = 14.0
     # §6 outbox
     sync_schema_version: str = "1"
+    # Dagster asset checks on the marts (warnings, not blocking)
+    warn_drift_rate: float = 0.05          # share of item-locations in drift
+    warn_drift_value_total: float = 100_000.0  # total drift value, in cost currency
 
     # ----------------------------------------------------------------------------------
     def tolerance_rows(self) -> tuple[list[dict], list[dict]]:

@@ -4,5 +4,6 @@ from __future__ import annotations
 
 from assets.canonical import canonical_assets, feed_status
 from assets.ingestion import ingest_assets
+from assets.marts import mart_assets
 
-ALL_ASSETS = [*ingest_assets, *canonical_assets, feed_status]
+ALL_ASSETS = [*ingest_assets, *canonical_assets, feed_status, *mart_assets]

@@ -33,7 +33,8 @@ inventory_sync = dg.define_asset_job(
     selection=dg.AssetSelection.assets(*[dg.AssetKey(["ingest", f]) for f in INVENTORY_FEEDS])
     | dg.AssetSelection.assets(dg.AssetKey(["canonical", "inventory_snapshot"]),
                                dg.AssetKey(["canonical", "inventory_txn"]),
-                               dg.AssetKey(["ingest", "feed_status"])),
+                               dg.AssetKey(["ingest", "feed_status"]),
+                               dg.AssetKey(["marts", "inventory_drift"])),
     description="Hourly: new inventory snapshots and movements -> canonical -> drift -> planning sync.",
 )
 
