@@ -1,9 +1,13 @@
 """Forecast-to-order alignment and netting (semantics.md §4).
 
-Everything is columnar DuckDB SQL. The horizon is laid out *wide*: one row per
-item-location with one column per week (``d0…``, ``s0…``, ``p0…``), so the whole run is
-two hash aggregations (forecast, PO lines) and a handful of column expressions generated
-by a loop over the ``H`` weeks — no sort, no window, no Python loop per item-location.
+The horizon is laid out *wide*: one row per item-location with one column per week
+(``d0…``, ``s0…``, ``p0…``). DuckDB does the two aggregations (forecast, PO lines; plain
+``sum(CASE …)`` per week, cheaper than ``FILTER``) and the joins; polars does the weekly
+arithmetic as a loop over the ``H`` weeks, each step one vectorised column over every
+item-location (every intermediate column is materialised once, where nested SQL
+expressions would be re-evaluated per reference); DuckDB then applies the
+classification rules (excess, status, coverage) and writes the marts, joining the string
+columns back by an integer row id. No sort, no window, no Python loop per item-location.
 The weekly table ``marts.projection`` is the same data unpivoted.
 
 Rules, with the decisions taken where the spec is silent:
@@ -47,12 +51,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import duckdb
+import polars as pl
 
 from contracts.settings import Settings
 
 from .marts_ddl import ensure_marts, markdown_table, plain, replace_table, run_clock, transaction
 
-__all__ = ["build_forecast_order_alignment", "alignment_metadata", "OUTSTANDING_PO_LINE"]
+__all__ = ["build_forecast_order_alignment", "alignment_metadata", "netting", "OUTSTANDING_PO_LINE"]
 
 # An outstanding PO line (open and with something left to deliver); shared with exceptions.
 OUTSTANDING_PO_LINE = """
@@ -62,18 +67,16 @@ OUTSTANDING_PO_LINE = """
 
 
 def _base_sql(h: int) -> str:
-    d_cols = ",\n".join(f"coalesce(sum(qty) FILTER (WHERE wk = {w}), 0) AS d{w}" for w in range(h))
-    s_cols = ",\n".join(
-        f"coalesce(sum(open_qty) FILTER (WHERE wk = {w}), 0) AS s{w}, count(*) FILTER (WHERE wk = {w}) AS n{w}"
-        for w in range(h)
-    )
+    """One row per item-location: attributes, on hand, demand d0.. and supply s0.. ."""
+    d_cols = ", ".join(f"sum(CASE WHEN wk = {w} THEN qty ELSE 0 END) AS d{w}" for w in range(h))
+    s_cols = ", ".join(f"sum(CASE WHEN wk = {w} THEN open_qty ELSE 0 END) AS s{w}" for w in range(h))
     d_sel = ", ".join(f"coalesce(fc.d{w}, 0) AS d{w}" for w in range(h))
-    s_sel = ", ".join(f"coalesce(po.s{w}, 0) AS s{w}, coalesce(po.n{w}, 0) AS n{w}" for w in range(h))
+    s_sel = ", ".join(f"coalesce(po.s{w}, 0) AS s{w}" for w in range(h))
     outstanding = OUTSTANDING_PO_LINE.format(eps="$eps")
     return f"""
     WITH
     il AS (
-        SELECT item_id, location_id,
+        SELECT CAST(row_number() OVER () AS BIGINT) AS rid, item_id, location_id,
                coalesce(nullif(trim(planner_code), ''), 'UNASSIGNED') AS planner_code,
                lead_time_days,
                CAST(ceil(coalesce(lead_time_days, 0) / 7.0) AS INTEGER) AS lead_time_weeks,
@@ -101,7 +104,8 @@ def _base_sql(h: int) -> str:
     ),
     po AS (
         SELECT item_id, location_id, {s_cols},
-               coalesce(sum(open_qty) FILTER (WHERE late), 0) AS late_supply_qty
+               max(wk) AS last_supply_week,
+               sum(CASE WHEN late THEN open_qty ELSE 0 END) AS late_supply_qty
         FROM (
             SELECT item_id, location_id,
                    greatest(coalesce(ordered_qty, 0) - coalesce(received_qty, 0), 0) AS open_qty,
@@ -122,6 +126,7 @@ def _base_sql(h: int) -> str:
            coalesce(erp.qty, 0) AS on_hand,
            fc.item_id IS NOT NULL AS has_forecast,
            coalesce(fc.forecast_version, (SELECT v FROM current_version)) AS forecast_version,
+           po.last_supply_week,
            coalesce(po.late_supply_qty, 0) AS late_supply_qty,
            i.base_uom,
            coalesce(i.matnr, lpad(il.item_id, 18, '0')) AS matnr,
@@ -134,90 +139,76 @@ def _base_sql(h: int) -> str:
     """
 
 
-def _wide_sql(h: int) -> str:
-    def cum(prefix: str, w: int) -> str:
-        return "(" + " + ".join(f"{prefix}{k}" for k in range(w + 1)) + ")"
+def netting(frame: pl.DataFrame, h: int, eps: float) -> pl.DataFrame:
+    """Weekly projection and netting, vectorised over item-locations.
 
-    p_cols = ",\n".join(f"on_hand + {cum('s', w)} - {cum('d', w)} AS p{w}" for w in range(h))
-    # running max of the shortfall over the netting weeks L..w (0 outside)
-    m_cols = ",\n".join(
-        "greatest(0, "
-        + ", ".join(f"CASE WHEN lead_time_weeks <= {k} THEN safety_stock - p{k} ELSE 0 END" for k in range(w + 1))
-        + f") AS m{w}"
-        for w in range(h)
-    )
-    q_cols = ",\n".join(
-        f"CASE WHEN m{w} <= $eps THEN 0 "
-        f"WHEN order_multiple > 0 THEN order_multiple * ceil((m{w} - $eps) / order_multiple) "
-        f"ELSE m{w} END AS q{w}"
-        for w in range(h)
-    )
-    pr_cols = ",\n".join(
-        (f"q{w} AS pr{w}" if w == 0 else f"q{w} - q{w - 1} AS pr{w}") for w in range(h)
-    )
-    return f"""
-    SELECT *, {pr_cols} FROM (
-        SELECT *, {q_cols} FROM (
-            SELECT *, {m_cols} FROM (
-                SELECT *, {p_cols} FROM _align_base
-            )
-        )
-    )
+    ``frame`` has ``on_hand``, ``safety_stock``, ``lead_time_weeks``, ``order_multiple``,
+    ``d0…d{h-1}`` and ``s0…s{h-1}``. Adds per week ``p{w}`` (projection without proposals),
+    ``q{w}`` (cumulative proposals) and ``pr{w}`` (proposal of week w), and per row
+    ``first_shortage_week``, ``shortage_qty``, ``proposal_qty``, ``proposal_count``,
+    ``first_proposal_week``, ``demand_horizon``, ``supply_horizon``, ``projected_end``.
     """
-
-
-def _alignment_sql(h: int) -> str:
-    first_short = " ".join(f"WHEN p{w} < safety_stock - $eps THEN {w}" for w in range(h))
-    short_qty = " ".join(
-        f"WHEN p{w} < safety_stock - $eps THEN "
-        f"CASE WHEN {w} < lead_time_weeks THEN safety_stock - p{w} ELSE 0 END"
+    ss = pl.col("safety_stock")
+    lead = pl.col("lead_time_weeks")
+    mult = pl.col("order_multiple")
+    df = frame
+    for w in range(h):  # P_w = P_{w-1} + s_w - d_w
+        prev = pl.col("on_hand") if w == 0 else pl.col(f"p{w - 1}")
+        df = df.with_columns((prev + pl.col(f"s{w}") - pl.col(f"d{w}")).alias(f"p{w}"))
+    for w in range(h):  # running max of the shortfall over the netting weeks L..w
+        prev = pl.lit(0.0) if w == 0 else pl.col(f"_m{w - 1}")
+        df = df.with_columns(
+            pl.when(lead <= w).then(pl.max_horizontal(prev, ss - pl.col(f"p{w}"))).otherwise(prev).alias(f"_m{w}")
+        )
+    df = df.with_columns(  # Q_w = R(M_w): rounded up to the order multiple
+        pl.when(pl.col(f"_m{w}") <= eps).then(0.0)
+        .when(mult > 0).then(mult * ((pl.col(f"_m{w}") - eps) / mult).ceil())
+        .otherwise(pl.col(f"_m{w}")).alias(f"q{w}")
         for w in range(h)
+    ).drop([f"_m{w}" for w in range(h)])
+    df = df.with_columns(
+        (pl.col(f"q{w}") - (pl.col(f"q{w - 1}") if w else 0.0)).alias(f"pr{w}") for w in range(h)
     )
-    demand = " + ".join(f"d{w}" for w in range(h))
-    supply = " + ".join(f"s{w}" for w in range(h))
-    n_props = " + ".join(f"CAST(pr{w} > $eps AS INTEGER)" for w in range(h))
-    first_prop = " ".join(f"WHEN pr{w} > $eps THEN {w}" for w in range(h))
-    prop_total = " + ".join(f"CASE WHEN pr{w} > $eps THEN pr{w} ELSE 0 END" for w in range(h))
-    lines_after_lead = " + ".join(f"CASE WHEN lead_time_weeks <= {w} THEN n{w} ELSE 0 END" for w in range(h))
-    last = h - 1
-    return f"""
+    short = [pl.col(f"p{w}") < ss - eps for w in range(h)]
+    proposed = [pl.col(f"pr{w}") > eps for w in range(h)]
+    return df.with_columns(
+        pl.coalesce([pl.when(short[w]).then(pl.lit(w, pl.Int32)) for w in range(h)]).alias("first_shortage_week"),
+        pl.coalesce([pl.when(short[w]).then(pl.when(lead > w).then(ss - pl.col(f"p{w}")).otherwise(0.0))
+                     for w in range(h)] + [pl.lit(0.0)]).alias("shortage_qty"),
+        pl.sum_horizontal(pl.when(proposed[w]).then(pl.col(f"pr{w}")).otherwise(0.0) for w in range(h))
+        .alias("proposal_qty"),
+        pl.sum_horizontal(proposed[w].cast(pl.Int32) for w in range(h)).alias("proposal_count"),
+        pl.coalesce([pl.when(proposed[w]).then(pl.lit(w, pl.Int32)) for w in range(h)]).alias("first_proposal_week"),
+        pl.sum_horizontal(pl.col(f"d{w}") for w in range(h)).alias("demand_horizon"),
+        pl.sum_horizontal(pl.col(f"s{w}") for w in range(h)).alias("supply_horizon"),
+        pl.col(f"p{h - 1}").alias("projected_end"),
+    )
+
+
+_ALIGNMENT_SQL = """
+SELECT *,
+       CASE WHEN first_shortage_week < lead_time_weeks THEN 'shortage_in_lead_time'
+            WHEN proposal_qty > $eps THEN 'needs_order'
+            WHEN excess_qty > 0 THEN 'excess'
+            ELSE 'aligned' END AS status
+FROM (
     SELECT *,
-           CASE WHEN first_shortage_week < lead_time_weeks THEN 'shortage_in_lead_time'
-                WHEN proposal_qty > $eps THEN 'needs_order'
-                WHEN excess_qty > 0 THEN 'excess'
-                ELSE 'aligned' END AS status
+           CASE WHEN projected_end - excess_threshold > $eps AND open_line_after_lead_time
+                THEN projected_end - excess_threshold ELSE 0 END AS excess_qty,
+           CASE WHEN demand_horizon > 0 THEN (on_hand + supply_horizon) / demand_horizon END AS coverage_ratio
     FROM (
-        SELECT *,
-               CASE WHEN projected_end - excess_threshold > $eps
-                     AND open_lines_after_lead_time > 0
-                    THEN projected_end - excess_threshold ELSE 0 END AS excess_qty,
-               CASE WHEN demand_horizon > 0 THEN (on_hand + supply_horizon) / demand_horizon END AS coverage_ratio
-        FROM (
-            SELECT item_id, location_id, planner_code, on_hand, safety_stock, lead_time_weeks,
-                   lead_time_days, order_multiple, base_uom, has_forecast, forecast_version,
-                   late_supply_qty, {lines_after_lead} AS open_lines_after_lead_time,
-                   {demand} AS demand_horizon,
-                   {supply} AS supply_horizon,
-                   ({demand}) / {h} AS avg_weekly_demand,
-                   p{last} AS projected_end,
-                   safety_stock + $excess_weeks * ({demand}) / {h} AS excess_threshold,
-                   CASE {first_short} END AS first_shortage_week,
-                   coalesce(CASE {short_qty} END, 0) AS shortage_qty,
-                   {prop_total} AS proposal_qty,
-                   {n_props} AS proposal_count,
-                   CASE {first_prop} END AS first_proposal_week
-            FROM _align_wide
-        )
+        SELECT b.item_id, b.location_id, b.planner_code, b.on_hand, b.safety_stock, b.lead_time_weeks,
+               b.lead_time_days, b.order_multiple, b.base_uom, b.has_forecast, b.forecast_version,
+               b.late_supply_qty,
+               b.last_supply_week,
+               coalesce(b.last_supply_week >= b.lead_time_weeks, false) AS open_line_after_lead_time,
+               c.demand_horizon, c.supply_horizon, c.demand_horizon / $h AS avg_weekly_demand,
+               c.projected_end, b.safety_stock + $excess_weeks * c.demand_horizon / $h AS excess_threshold,
+               c.first_shortage_week, c.shortage_qty, c.proposal_qty, c.proposal_count, c.first_proposal_week
+        FROM _align_base b JOIN _align_calc c USING (rid)
     )
-    """
-
-
-def _unpivot_sql(h: int, columns: dict[str, str]) -> str:
-    """``unnest`` of per-week column lists: one row per item-location and week."""
-    lists = ",\n".join(
-        f"unnest([{', '.join(pattern.format(w=w) for w in range(h))}]) AS {name}" for name, pattern in columns.items()
-    )
-    return f"SELECT *, unnest(range({h})) AS week, {lists} FROM _align_wide"
+)
+"""
 
 
 def build_forecast_order_alignment(
@@ -233,62 +224,88 @@ def build_forecast_order_alignment(
     h = int(settings.horizon_weeks)
     if h < 1:
         raise ValueError(f"horizon_weeks must be at least 1, got {h}")
-    params = {
-        "w0": clock.week0_start,
-        "wend": clock.week0_start + timedelta(days=7 * h),
-        "eps": float(settings.match_epsilon),
-    }
+    eps = float(settings.match_epsilon)
+    w0 = clock.week0_start
     with transaction(con):
         ensure_marts(con)
-        con.execute(f"CREATE OR REPLACE TEMP TABLE _align_base AS {_base_sql(h)}", params)
-        con.execute(f"CREATE OR REPLACE TEMP TABLE _align_wide AS {_wide_sql(h)}", {"eps": params["eps"]})
+        con.execute(
+            f"CREATE OR REPLACE TEMP TABLE _align_base AS {_base_sql(h)}",
+            {"w0": w0, "wend": w0 + timedelta(days=7 * h), "eps": eps},
+        )
+        needed = ["rid", "item_id", "location_id", "on_hand", "safety_stock", "lead_time_weeks", "order_multiple"]
+        weekly = [f"d{w}" for w in range(h)] + [f"s{w}" for w in range(h)]
+        calc = netting(con.execute(f"SELECT {', '.join(needed + weekly)} FROM _align_base").pl(), h, eps)
+        summary = calc.select(
+            "rid", "first_shortage_week", "shortage_qty", "proposal_qty", "proposal_count", "first_proposal_week",
+            "demand_horizon", "supply_horizon", "projected_end",
+        )
+        params = {"eps": eps, "as_of": clock.as_of, "w0": w0}
 
         replace_table(con, "marts.forecast_order_alignment")
+        con.register("_align_calc", summary)
         con.execute(
             f"""INSERT INTO marts.forecast_order_alignment BY NAME
-                SELECT *, $as_of::TIMESTAMPTZ AS run_as_of,
-                       $w0::DATE AS week0_start, {h} AS horizon_weeks
-                FROM ({_alignment_sql(h)})""",
-            {"eps": params["eps"], "excess_weeks": float(settings.excess_weeks), "as_of": clock.as_of, "w0": clock.week0_start},
+                SELECT *, $as_of::TIMESTAMPTZ AS run_as_of, $w0::DATE AS week0_start, {h} AS horizon_weeks
+                FROM ({_ALIGNMENT_SQL})""",
+            {**params, "h": float(h), "excess_weeks": float(settings.excess_weeks)},
         )
+        con.unregister("_align_calc")
 
-        replace_table(con, "marts.replenishment_proposal")
-        con.execute(
-            f"""INSERT INTO marts.replenishment_proposal BY NAME
-                SELECT item_id, location_id, planner_code, week,
-                       $w0::DATE + CAST(7 * week AS INTEGER) AS need_date,
-                       proposal AS quantity, base_uom, matnr, forecast_version,
-                       $as_of::TIMESTAMPTZ AS run_as_of,
-                       projected + prior AS projected_before, safety_stock, order_multiple
-                FROM ({_unpivot_sql(h, {
-                    "proposal": "pr{w}",
-                    "projected": "p{w}",
-                    "prior": "q{w} - pr{w}",
-                })})
-                WHERE proposal > $eps""",
-            {"eps": params["eps"], "as_of": clock.as_of, "w0": clock.week0_start},
+        proposals = pl.concat(
+            [
+                calc.filter(pl.col(f"pr{w}") > eps).select(
+                    "rid",
+                    pl.lit(w, pl.Int32).alias("week"),
+                    pl.col(f"pr{w}").alias("quantity"),
+                    (pl.col(f"p{w}") + pl.col(f"q{w}") - pl.col(f"pr{w}")).alias("projected_before"),
+                )
+                for w in range(h)
+            ]
         )
+        replace_table(con, "marts.replenishment_proposal")
+        con.register("_align_proposals", proposals)
+        con.execute(
+            """INSERT INTO marts.replenishment_proposal BY NAME
+               SELECT b.item_id, b.location_id, b.planner_code, p.week,
+                      $w0::DATE + CAST(7 * p.week AS INTEGER) AS need_date,
+                      p.quantity, b.base_uom, b.matnr, b.forecast_version, $as_of::TIMESTAMPTZ AS run_as_of,
+                      p.projected_before, b.safety_stock, b.order_multiple
+               FROM _align_proposals p JOIN _align_base b USING (rid)""",
+            {"as_of": clock.as_of, "w0": w0},
+        )
+        con.unregister("_align_proposals")
 
         replace_table(con, "marts.projection")
         if write_projection:
-            con.execute(
-                f"""INSERT INTO marts.projection BY NAME
-                    SELECT item_id, location_id, week,
-                           $w0::DATE + CAST(7 * week AS INTEGER) AS week_start,
-                           demand, supply, projected, projected + cum_proposal AS projected_with_proposals,
-                           CASE WHEN proposal > $eps THEN proposal ELSE 0 END AS proposal,
-                           $as_of::TIMESTAMPTZ AS run_as_of
-                    FROM ({_unpivot_sql(h, {
-                        "demand": "d{w}",
-                        "supply": "s{w}",
-                        "projected": "p{w}",
-                        "cum_proposal": "q{w}",
-                        "proposal": "pr{w}",
-                    })})""",
-                {"eps": params["eps"], "as_of": clock.as_of, "w0": clock.week0_start},
+            weeks = pl.concat(
+                [
+                    calc.select(
+                        "item_id",
+                        "location_id",
+                        pl.lit(w, pl.Int32).alias("week"),
+                        pl.col(f"d{w}").alias("demand"),
+                        pl.col(f"s{w}").alias("supply"),
+                        pl.col(f"p{w}").alias("projected"),
+                        (pl.col(f"p{w}") + pl.col(f"q{w}")).alias("projected_with_proposals"),
+                        pl.when(pl.col(f"pr{w}") > eps).then(pl.col(f"pr{w}")).otherwise(0.0).alias("proposal"),
+                    )
+                    for w in range(h)
+                ],
+                rechunk=False,
             )
+            # the keys come along from polars (string views, no copy per week): cheaper
+            # than joining 16 rows per item-location back to _align_base
+            con.register("_align_weeks", weeks)
+            con.execute(
+                """INSERT INTO marts.projection BY NAME
+                   SELECT item_id, location_id, week, $w0::DATE + CAST(7 * week AS INTEGER) AS week_start,
+                          demand, supply, projected, projected_with_proposals, proposal,
+                          $as_of::TIMESTAMPTZ AS run_as_of
+                   FROM _align_weeks""",
+                {"as_of": clock.as_of, "w0": w0},
+            )
+            con.unregister("_align_weeks")
         con.execute("DROP TABLE IF EXISTS _align_base")
-        con.execute("DROP TABLE IF EXISTS _align_wide")
     return alignment_metadata(con)
 
 

@@ -71,15 +71,15 @@ sys_time AS (
 ),
 per_key AS (
     SELECT item_id, location_id,
-           sum(qty) FILTER (WHERE system = 'erp')              AS erp_qty,
-           sum(qty) FILTER (WHERE system = 'wms')              AS wms_qty,
-           sum(qty) FILTER (WHERE system = 'planning')         AS planning_qty,
-           count(*) FILTER (WHERE system = 'erp') > 0          AS erp_present,
-           count(*) FILTER (WHERE system = 'wms') > 0          AS wms_present,
-           count(*) FILTER (WHERE system = 'planning') > 0     AS planning_present,
-           max(snapshot_at) FILTER (WHERE system = 'erp')      AS erp_at,
-           max(snapshot_at) FILTER (WHERE system = 'wms')      AS wms_at,
-           max(snapshot_at) FILTER (WHERE system = 'planning') AS planning_at
+           sum(CASE WHEN system = 'erp' THEN qty END) AS erp_qty,
+           sum(CASE WHEN system = 'wms' THEN qty END) AS wms_qty,
+           sum(CASE WHEN system = 'planning' THEN qty END) AS planning_qty,
+           bool_or(system = 'erp') AS erp_present,
+           bool_or(system = 'wms') AS wms_present,
+           bool_or(system = 'planning') AS planning_present,
+           max(CASE WHEN system = 'erp' THEN snapshot_at END) AS erp_at,
+           max(CASE WHEN system = 'wms' THEN snapshot_at END) AS wms_at,
+           max(CASE WHEN system = 'planning' THEN snapshot_at END) AS planning_at
     FROM canonical.inventory_snapshot
     WHERE system IN ('erp', 'wms', 'planning') AND item_id IS NOT NULL AND location_id IS NOT NULL
     GROUP BY item_id, location_id
@@ -118,12 +118,12 @@ keyed AS (
 ),
 moves AS (
     SELECT k.item_id, k.location_id,
-           coalesce(sum(t.qty) FILTER (WHERE t.txn_at > k.erp_as_of AND t.txn_at <= k.wms_as_of), 0)
-         - coalesce(sum(t.qty) FILTER (WHERE t.txn_at > k.wms_as_of AND t.txn_at <= k.erp_as_of), 0)
-               AS wms_shift,
-           coalesce(sum(t.qty) FILTER (WHERE t.txn_at > k.erp_as_of AND t.txn_at <= k.planning_as_of), 0)
-         - coalesce(sum(t.qty) FILTER (WHERE t.txn_at > k.planning_as_of AND t.txn_at <= k.erp_as_of), 0)
-               AS planning_shift
+           sum(CASE WHEN t.txn_at > k.erp_as_of AND t.txn_at <= k.wms_as_of THEN t.qty
+                    WHEN t.txn_at > k.wms_as_of AND t.txn_at <= k.erp_as_of THEN -t.qty
+                    ELSE 0 END) AS wms_shift,
+           sum(CASE WHEN t.txn_at > k.erp_as_of AND t.txn_at <= k.planning_as_of THEN t.qty
+                    WHEN t.txn_at > k.planning_as_of AND t.txn_at <= k.erp_as_of THEN -t.qty
+                    ELSE 0 END) AS planning_shift
     FROM canonical.inventory_txn t
     JOIN keyed k USING (item_id, location_id)
     WHERE t.txn_at > (SELECT t_min FROM sys_time) AND t.txn_at <= (SELECT t_max FROM sys_time)

@@ -2,7 +2,7 @@
 of §4 and the file/feed problems of §2).
 
 ``build_exceptions`` computes this run's *candidates* — one row per problem with a stable
-``exception_id`` (sha256 of type and natural key) — and merges them into the persistent
+``exception_id`` (md5 of type and natural key) — and merges them into the persistent
 ``marts.exceptions``:
 
 * new id → ``open``, ``first_seen_at = last_seen_at = as_of`` (event ``opened``);
@@ -157,6 +157,8 @@ FROM (
       OR (t.exception_type = 'UNCONFIRMED_PO' AND po.confirmation_date IS NULL
           AND datediff('day', po.order_date, $run_date) > $conf_days)
     WHERE {OUTSTANDING_PO_LINE.format(eps='$eps')}
+    QUALIFY row_number() OVER (PARTITION BY t.exception_type, po.ebeln, po.ebelp
+                               ORDER BY po.changed_at DESC NULLS LAST, po.extract_ts DESC NULLS LAST) = 1
 )
 """
 
@@ -169,11 +171,15 @@ SELECT CASE WHEN r.plan_ref IS NULL THEN 'UNCONVERTED_RECOMMENDATION' ELSE 'RECO
                    'source_qty', p.source_qty, 'source_uom', p.source_uom,
                    'need_date', p.need_date, 'released_at', {_ts('p.released_at')},
                    'ordered_qty', r.ordered_qty, 'po_lines', r.lines)::VARCHAR
-FROM canonical.planned_order p
+FROM (
+    SELECT * FROM canonical.planned_order
+    QUALIFY row_number() OVER (PARTITION BY recommendation_id
+                               ORDER BY extract_ts DESC NULLS LAST, released_at DESC NULLS LAST) = 1
+) p
 {_IL_JOIN.format(a='p')}
 LEFT JOIN (
     SELECT plan_ref, sum(coalesce(ordered_qty, 0)) AS ordered_qty,
-           list(ebeln || '/' || ebelp ORDER BY ebeln, ebelp) AS lines
+           list_sort(list(ebeln || '/' || ebelp)) AS lines
     FROM canonical.purchase_order_line
     WHERE NOT coalesce(deleted, false) AND nullif(trim(plan_ref), '') IS NOT NULL
     GROUP BY plan_ref
@@ -267,7 +273,7 @@ def _candidates_sql(con: duckdb.DuckDBPyConnection) -> str:
             parts.append(sql)
     union = "\nUNION ALL\n".join(f"({p})" for p in parts)
     return f"""
-    SELECT substr(sha256(exception_type || '|' || exception_key), 1, 24) AS exception_id, *
+    SELECT md5(exception_type || '|' || exception_key) AS exception_id, *
     FROM (
         SELECT * FROM (
             SELECT NULL::VARCHAR AS exception_type, NULL::VARCHAR AS exception_key,
@@ -279,7 +285,6 @@ def _candidates_sql(con: duckdb.DuckDBPyConnection) -> str:
         )
         WHERE exception_key IS NOT NULL
     )
-    QUALIFY row_number() OVER (PARTITION BY exception_type, exception_key ORDER BY details) = 1
     """
 
 
@@ -290,9 +295,6 @@ def _check_marts_run(con: duckdb.DuckDBPyConnection, as_of: datetime) -> None:
             raise ValueError(
                 f"{table} holds run {runs[0].isoformat()}, not {as_of.isoformat()}: build it for this as_of first"
             )
-
-
-_AGE = "CAST(floor((epoch({end}) - epoch(first_seen_at)) / 86400) AS INTEGER)"
 
 
 def build_exceptions(
@@ -357,21 +359,40 @@ def _merge(con: duckdb.DuckDBPyConnection, as_of: datetime) -> None:
         """,
         p,
     )
+    # seen again: move the clock (two narrow columns for every open row) ...
+    con.execute(
+        """
+        UPDATE marts.exceptions e
+        SET last_seen_at = $as_of,
+            age_days = CAST(floor((epoch($as_of::TIMESTAMPTZ) - epoch(e.first_seen_at)) / 86400) AS INTEGER)
+        FROM _exc_actions a
+        WHERE a.exception_id = e.exception_id AND a.action = 'seen' AND e.last_seen_at IS DISTINCT FROM $as_of
+        """,
+        p,
+    )
+    # ... and take this run's values only where they changed (DuckDB updates column-wise)
+    con.execute(
+        """
+        UPDATE marts.exceptions e
+        SET severity = c.severity, item_id = c.item_id, location_id = c.location_id, reference = c.reference,
+            planner_code = c.planner_code, details = c.details, exception_key = c.exception_key
+        FROM _exc_candidates c, _exc_actions a
+        WHERE c.exception_id = e.exception_id AND a.exception_id = e.exception_id AND a.action = 'seen'
+          AND (e.severity IS DISTINCT FROM c.severity OR e.item_id IS DISTINCT FROM c.item_id
+               OR e.location_id IS DISTINCT FROM c.location_id OR e.reference IS DISTINCT FROM c.reference
+               OR e.planner_code IS DISTINCT FROM c.planner_code OR e.details IS DISTINCT FROM c.details
+               OR e.exception_key IS DISTINCT FROM c.exception_key)
+        """
+    )
     con.execute(
         """
         UPDATE marts.exceptions e
         SET status = 'open', severity = c.severity, item_id = c.item_id, location_id = c.location_id,
             reference = c.reference, planner_code = c.planner_code, details = c.details,
-            exception_key = c.exception_key,
-            first_seen_at = CASE WHEN a.action = 'reopened' THEN $as_of ELSE e.first_seen_at END,
-            last_seen_at = $as_of,
-            resolved_at = NULL,
-            times_reopened = coalesce(e.times_reopened, 0) + CASE WHEN a.action = 'reopened' THEN 1 ELSE 0 END,
-            age_days = CASE WHEN a.action = 'reopened' THEN 0
-                            ELSE CAST(floor((epoch($as_of::TIMESTAMPTZ) - epoch(e.first_seen_at)) / 86400) AS INTEGER) END
+            exception_key = c.exception_key, first_seen_at = $as_of, last_seen_at = $as_of, resolved_at = NULL,
+            times_reopened = coalesce(e.times_reopened, 0) + 1, age_days = 0
         FROM _exc_candidates c, _exc_actions a
-        WHERE c.exception_id = e.exception_id AND a.exception_id = e.exception_id
-          AND a.action IN ('seen', 'reopened')
+        WHERE c.exception_id = e.exception_id AND a.exception_id = e.exception_id AND a.action = 'reopened'
         """,
         p,
     )

@@ -57,7 +57,9 @@ FORECAST_ORDER_ALIGNMENT_COLUMNS = """
     lead_time_days INTEGER, order_multiple DOUBLE, base_uom VARCHAR,
     has_forecast BOOLEAN,          -- a forecast row in weeks 0..H-1 (the alignment-rate population)
     avg_weekly_demand DOUBLE, projected_end DOUBLE, excess_threshold DOUBLE,
-    open_lines_after_lead_time INTEGER, late_supply_qty DOUBLE,
+    last_supply_week INTEGER,      -- latest week an outstanding PO line supplies (null: none)
+    open_line_after_lead_time BOOLEAN,  -- one supplies a week in L..H-1 (excess needs it)
+    late_supply_qty DOUBLE,        -- open quantity of past-due lines (counted in week 0)
     proposal_count INTEGER, first_proposal_week INTEGER,
     forecast_version VARCHAR, week0_start DATE, horizon_weeks INTEGER
 """

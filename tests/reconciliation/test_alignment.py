@@ -126,7 +126,7 @@ def test_excess_needs_a_line_after_the_lead_time(db, settings):
     build_forecast_order_alignment(db.con, settings, db.AS_OF)
     late = db.row("marts.forecast_order_alignment", "late_line", "1010")
     assert late["status"] == "excess" and late["excess_qty"] == pytest.approx(138 - 8)
-    assert late["open_lines_after_lead_time"] == 1
+    assert late["open_line_after_lead_time"] is True and late["last_supply_week"] == 5
     early = db.row("marts.forecast_order_alignment", "early_line", "1010")
     assert early["excess_qty"] == 0 and early["status"] == "aligned"
     assert db.row("marts.forecast_order_alignment", "past_due_l0", "1010")["status"] == "excess"

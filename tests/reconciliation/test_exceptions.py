@@ -54,11 +54,13 @@ def test_open_resolve_reopen_with_ages_and_idempotent_rerun(db, settings):
     ids = {r["item_id"]: r["exception_id"] for r in db.rows("SELECT * FROM marts.exceptions")}
 
     _set_wms(db, "B", 100)  # B fixed
+    _set_wms(db, "A", 95)  # A still drifting, by less
     meta = run(db, settings, t2)
     assert (meta["opened"], meta["resolved"], meta["open_exceptions"]) == (0, 1, 1)
     a = db.row("marts.exceptions", "A", "1010")
     b = db.row("marts.exceptions", "B", "1010")
     assert (a["status"], a["first_seen_at"], a["last_seen_at"], a["age_days"]) == ("open", t1, t2, 2)
+    assert json.loads(a["details"])["diff"] == -5  # this run's values
     assert (b["status"], b["resolved_at"], b["last_seen_at"], b["age_days"]) == ("resolved", t2, t1, 2)
 
     _set_wms(db, "B", 70)  # B back, bigger
@@ -84,7 +86,7 @@ def test_exception_id_is_stable_hash_of_type_and_key(db, settings):
     run(db, settings, db.AS_OF)
     (row,) = db.rows("SELECT * FROM marts.exceptions")
     import hashlib
-    assert row["exception_id"] == hashlib.sha256(b"INVENTORY_DRIFT|A|1010|wms").hexdigest()[:24]
+    assert row["exception_id"] == hashlib.md5(b"INVENTORY_DRIFT|A|1010|wms").hexdigest()
     assert (row["reference"], row["planner_code"], row["severity"]) == ("wms", "P09", "low")
 
 
