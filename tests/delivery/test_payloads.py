@@ -1,0 +1,185 @@
+"""Sync payload records: fields, quality, blocking, delta and idempotency keys (§6)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import polars as pl
+import pytest
+
+from contracts.settings import Settings
+from reconciliation.payloads import (
+    ERP_REPLENISHMENT_PROPOSAL,
+    PLANNING_INVENTORY_SYNC,
+    build_erp_replenishment_proposal,
+    build_planning_inventory_sync,
+)
+from tests.delivery.conftest import AS_OF, SCRIPT
+
+S = Settings()
+
+
+def by_product(records: pl.DataFrame) -> dict[str, dict]:
+    return {r["product_code"]: r for r in records.to_dicts()}
+
+
+def test_planning_records_one_per_mapped_erp_item_location(world):
+    build = build_planning_inventory_sync(world.con, AS_OF, S)
+    records, blocked = build
+    assert blocked is None
+    got = by_product(records)
+    assert set(got) == {"PRD-104233", "PRD-104234", SCRIPT}  # 104236 has no planning code; 104233/1020 not in ERP
+    r = got["PRD-104233"]
+    assert (r["site_code"], r["on_hand"], r["uom"], r["as_of"], r["quality"]) == (
+        "SITE-HH", 100.0, "EA", "2026-11-24T06:00:00Z", "reconciled")
+    assert got["PRD-104234"]["quality"] == "drift"  # open WMS drift exception
+    assert got[SCRIPT]["site_code"] == "SITE-LY" and got[SCRIPT]["on_hand"] == 7.5
+    assert build.stats["unmapped"] == 1 and build.stats["item_locations"] == 4
+    assert records["idempotency_key"].str.len_chars().to_list() == [64] * 3
+    assert records["idempotency_key"].n_unique() == 3
+
+
+def test_quality_ignores_planning_drift_and_resolved_wms_drift(world):
+    world.con.execute("UPDATE marts.exceptions SET status = 'resolved', resolved_at = ?", [AS_OF])
+    world.exception("INVENTORY_DRIFT", "high", item_id="104233", location_id="1010", reference="planning")
+    got = by_product(build_planning_inventory_sync(world.con, AS_OF, S).records)
+    assert got["PRD-104234"]["quality"] == "reconciled"
+    assert got["PRD-104233"]["quality"] == "reconciled"
+
+
+def test_unverifiable_wms_comparison_is_flagged(world):
+    world.con.execute("UPDATE marts.inventory_drift SET status_wms = 'unverifiable' WHERE item_id = '104233'")
+    got = by_product(build_planning_inventory_sync(world.con, AS_OF, S).records)
+    assert got["PRD-104233"]["quality"] == "unverifiable"
+
+
+def test_blocked_when_erp_inventory_feed_is_stale(world):
+    world.con.execute("UPDATE ingest.feed_status SET stale = true, age_hours = 50 WHERE feed = 'inventory_balance'")
+    records, blocked = build_planning_inventory_sync(world.con, AS_OF, S)
+    assert blocked is not None and "erp/inventory_balance is stale" in blocked
+    assert set(records["quality"]) == {"stale"}  # what would have been sent, for the report
+    # proposals are netted from that stock too
+    world.proposal("104233", "1010", 3, 24.0)
+    assert build_erp_replenishment_proposal(world.con, AS_OF, S).blocked_reason
+
+
+def test_blocked_when_newest_erp_file_was_rejected(world):
+    world.insert("ingest.manifest", file_path="erp/inventory_balance/inventory_balance_20261124T080000Z.csv",
+                 system="erp", feed="inventory_balance", extract_ts=world.T_ERP + timedelta(hours=2),
+                 outcome="rejected", reason="wrong delimiter", ingested_at=AS_OF, run_as_of=AS_OF)
+    _, blocked = build_planning_inventory_sync(world.con, AS_OF, S)
+    assert blocked is not None and "was rejected: wrong delimiter" in blocked
+
+
+def test_an_older_rejected_file_does_not_block(world):
+    world.insert("ingest.manifest", file_path="erp/inventory_balance/inventory_balance_20261123T060000Z.csv",
+                 system="erp", feed="inventory_balance", extract_ts=world.T_ERP - timedelta(days=1),
+                 outcome="rejected", reason="truncated", ingested_at=AS_OF, run_as_of=AS_OF)
+    assert build_planning_inventory_sync(world.con, AS_OF, S).blocked_reason is None
+
+
+def test_blocked_when_drift_mart_is_from_another_run(world):
+    later = AS_OF + timedelta(hours=1)
+    _, blocked = build_planning_inventory_sync(world.con, later, S)
+    assert blocked is not None and "marts.inventory_drift was computed for run 2026-11-24T09:00:00Z" in blocked
+
+
+def test_item_with_two_planning_codes_is_not_sent(world):
+    world.insert("canonical.item_xref", system="PLANNING", external_code="PRD-OLD", item_id="104233")
+    build = build_planning_inventory_sync(world.con, AS_OF, S)
+    assert "PRD-104233" not in by_product(build.records) and build.stats["ambiguous_mapping"] == 1
+
+
+def test_same_run_rebuilt_gives_same_keys(world):
+    a = build_planning_inventory_sync(world.con, AS_OF, S).records
+    b = build_planning_inventory_sync(world.con, AS_OF, S).records
+    assert a["idempotency_key"].to_list() == b["idempotency_key"].to_list()
+
+
+def test_delta_emits_only_changed_records_and_full_sync_all(world, make_outbox):
+    ob = make_outbox()
+    first = build_planning_inventory_sync(world.con, AS_OF, S, ob).records
+    assert ob.emit(PLANNING_INVENTORY_SYNC, first, AS_OF).record_count == 3
+
+    # next run: a new ERP extract, one quantity changed
+    nxt = AS_OF + timedelta(hours=1)
+    world.con.execute("UPDATE marts.inventory_drift SET run_as_of = ?, erp_as_of = ?",
+                      [nxt, world.T_ERP + timedelta(hours=1)])
+    world.con.execute("UPDATE marts.inventory_drift SET erp_qty = 90 WHERE item_id = '104233' AND erp_present")
+    delta = build_planning_inventory_sync(world.con, nxt, S, ob)
+    assert delta.records["product_code"].to_list() == ["PRD-104233"]
+    assert delta.records["on_hand"].to_list() == [90.0]
+    assert delta.records["as_of"].to_list() == ["2026-11-24T07:00:00Z"]
+    assert delta.stats["unchanged"] == 2
+    assert ob.emit(PLANNING_INVENTORY_SYNC, delta.records, nxt).record_count == 1
+    assert build_planning_inventory_sync(world.con, nxt, S, ob).records.height == 0
+
+    full = build_planning_inventory_sync(world.con, nxt, S, ob, full_sync=True).records
+    # everything not already sent by this run (PRD-104233 just was)
+    assert sorted(full["product_code"]) == sorted(["PRD-104234", SCRIPT])
+    assert ob.emit(PLANNING_INVENTORY_SYNC, full, nxt).record_count == 2
+    # a full sync of a later run sends every record again, with new keys
+    later = nxt + timedelta(days=1)
+    world.con.execute("UPDATE marts.inventory_drift SET run_as_of = ?", [later])
+    full2 = build_planning_inventory_sync(world.con, later, S, ob, full_sync=True).records
+    assert full2.height == 3
+    assert not set(full2["idempotency_key"]) & set(full["idempotency_key"]) & set(first["idempotency_key"])
+    assert ob.emit(PLANNING_INVENTORY_SYNC, full2, later).record_count == 3
+    assert build_planning_inventory_sync(world.con, later, S, ob, full_sync=True).records.height == 0
+
+
+def test_value_that_comes_back_gets_a_new_key(world, make_outbox):
+    """100 → 90 → 100: the return to 100 must reach the receiver, so it cannot reuse the
+    first 100's idempotency key (the receiver would drop it as a duplicate)."""
+    ob = make_outbox()
+    keys = []
+    for qty in (100.0, 90.0, 100.0):
+        world.con.execute("UPDATE marts.inventory_drift SET erp_qty = ? WHERE item_id = '104233' AND erp_present",
+                          [qty])
+        recs = build_planning_inventory_sync(world.con, AS_OF, S, ob).records.filter(
+            pl.col("product_code") == "PRD-104233")
+        assert recs.height == 1
+        ob.emit(PLANNING_INVENTORY_SYNC, recs, AS_OF)
+        keys.append(recs["idempotency_key"].item())
+    assert len(set(keys)) == 3
+
+
+def test_key_that_drops_out_of_erp_is_sent_once_as_zero(world, make_outbox):
+    ob = make_outbox()
+    ob.emit(PLANNING_INVENTORY_SYNC, build_planning_inventory_sync(world.con, AS_OF, S, ob).records, AS_OF)
+    world.con.execute("UPDATE marts.inventory_drift SET erp_present = false, erp_qty = 0, erp_as_of = NULL "
+                      "WHERE item_id = '104234'")
+    build = build_planning_inventory_sync(world.con, AS_OF, S, ob)
+    assert build.records.select("product_code", "on_hand", "as_of").to_dicts() == [
+        {"product_code": "PRD-104234", "on_hand": 0.0, "as_of": "2026-11-24T06:00:00Z"}]
+    assert build.stats["dropped_out_of_erp"] == 1
+    ob.emit(PLANNING_INVENTORY_SYNC, build.records, AS_OF)
+    assert build_planning_inventory_sync(world.con, AS_OF, S, ob).records.height == 0
+
+
+def test_proposal_records_and_no_second_emission(world, make_outbox):
+    world.proposal("104233", "1010", 3, 24.0)
+    world.proposal("104234", "1020", 5, 12.5, forecast_version="FV-47")
+    ob = make_outbox()
+    build = build_erp_replenishment_proposal(world.con, AS_OF, S, ob)
+    assert build.blocked_reason is None
+    fields = ["MATNR", "WERKS", "quantity", "MEINS", "need_date", "forecast_version"]
+    assert build.records.select(fields).to_dicts() == [
+        {"MATNR": "000000000000104233", "WERKS": "1010", "quantity": 24.0, "MEINS": "EA",
+         "need_date": "2026-12-14", "forecast_version": "FV-46"},
+        {"MATNR": "000000000000104234", "WERKS": "1020", "quantity": 12.5, "MEINS": "EA",
+         "need_date": "2026-12-28", "forecast_version": "FV-47"},
+    ]
+    ob.emit(ERP_REPLENISHMENT_PROPOSAL, build.records, AS_OF)
+    assert build_erp_replenishment_proposal(world.con, AS_OF, S, ob).records.height == 0
+    # a changed quantity is a new proposal record
+    world.con.execute("UPDATE marts.replenishment_proposal SET quantity = 36 WHERE item_id = '104233'")
+    again = build_erp_replenishment_proposal(world.con, AS_OF, S, ob).records
+    assert again.select("MATNR", "quantity").to_dicts() == [{"MATNR": "000000000000104233", "quantity": 36.0}]
+
+
+@pytest.mark.parametrize("system,feed", [("erp", "purchase_order"), ("planning", "forecast")])
+def test_proposals_blocked_by_their_other_inputs(world, system, feed):
+    world.proposal("104233", "1010", 3, 24.0)
+    world.con.execute("UPDATE ingest.feed_status SET stale = true WHERE system = ? AND feed = ?", [system, feed])
+    assert f"{system}/{feed} is stale" in build_erp_replenishment_proposal(world.con, AS_OF, S).blocked_reason
