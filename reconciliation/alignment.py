@@ -226,12 +226,14 @@ def build_forecast_order_alignment(
         raise ValueError(f"horizon_weeks must be at least 1, got {h}")
     eps = float(settings.match_epsilon)
     w0 = clock.week0_start
-    with transaction(con):
-        ensure_marts(con)
-        con.execute(
-            f"CREATE OR REPLACE TEMP TABLE _align_base AS {_base_sql(h)}",
-            {"w0": w0, "wend": w0 + timedelta(days=7 * h), "eps": eps},
-        )
+    ensure_marts(con)
+    # Everything is computed before the write transaction (temp table, polars frames):
+    # DuckDB scans data written in the same transaction single-threaded.
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE _align_base AS {_base_sql(h)}",
+        {"w0": w0, "wend": w0 + timedelta(days=7 * h), "eps": eps},
+    )
+    try:
         needed = ["rid", "item_id", "location_id", "on_hand", "safety_stock", "lead_time_weeks", "order_multiple"]
         weekly = [f"d{w}" for w in range(h)] + [f"s{w}" for w in range(h)]
         calc = netting(con.execute(f"SELECT {', '.join(needed + weekly)} FROM _align_base").pl(), h, eps)
@@ -239,18 +241,6 @@ def build_forecast_order_alignment(
             "rid", "first_shortage_week", "shortage_qty", "proposal_qty", "proposal_count", "first_proposal_week",
             "demand_horizon", "supply_horizon", "projected_end",
         )
-        params = {"eps": eps, "as_of": clock.as_of, "w0": w0}
-
-        replace_table(con, "marts.forecast_order_alignment")
-        con.register("_align_calc", summary)
-        con.execute(
-            f"""INSERT INTO marts.forecast_order_alignment BY NAME
-                SELECT *, $as_of::TIMESTAMPTZ AS run_as_of, $w0::DATE AS week0_start, {h} AS horizon_weeks
-                FROM ({_ALIGNMENT_SQL})""",
-            {**params, "h": float(h), "excess_weeks": float(settings.excess_weeks)},
-        )
-        con.unregister("_align_calc")
-
         proposals = pl.concat(
             [
                 calc.filter(pl.col(f"pr{w}") > eps).select(
@@ -262,49 +252,63 @@ def build_forecast_order_alignment(
                 for w in range(h)
             ]
         )
-        replace_table(con, "marts.replenishment_proposal")
+        # the projection's keys come along from polars (string views, no copy per week):
+        # cheaper than joining 16 rows per item-location back to _align_base
+        weeks = pl.concat(
+            [
+                calc.select(
+                    "item_id",
+                    "location_id",
+                    pl.lit(w, pl.Int32).alias("week"),
+                    pl.col(f"d{w}").alias("demand"),
+                    pl.col(f"s{w}").alias("supply"),
+                    pl.col(f"p{w}").alias("projected"),
+                    (pl.col(f"p{w}") + pl.col(f"q{w}")).alias("projected_with_proposals"),
+                    pl.when(pl.col(f"pr{w}") > eps).then(pl.col(f"pr{w}")).otherwise(0.0).alias("proposal"),
+                )
+                for w in range(h)
+            ],
+            rechunk=False,
+        ) if write_projection else None
+        con.register("_align_calc", summary)
         con.register("_align_proposals", proposals)
-        con.execute(
-            """INSERT INTO marts.replenishment_proposal BY NAME
-               SELECT b.item_id, b.location_id, b.planner_code, p.week,
-                      $w0::DATE + CAST(7 * p.week AS INTEGER) AS need_date,
-                      p.quantity, b.base_uom, b.matnr, b.forecast_version, $as_of::TIMESTAMPTZ AS run_as_of,
-                      p.projected_before, b.safety_stock, b.order_multiple
-               FROM _align_proposals p JOIN _align_base b USING (rid)""",
-            {"as_of": clock.as_of, "w0": w0},
-        )
-        con.unregister("_align_proposals")
-
-        replace_table(con, "marts.projection")
-        if write_projection:
-            weeks = pl.concat(
-                [
-                    calc.select(
-                        "item_id",
-                        "location_id",
-                        pl.lit(w, pl.Int32).alias("week"),
-                        pl.col(f"d{w}").alias("demand"),
-                        pl.col(f"s{w}").alias("supply"),
-                        pl.col(f"p{w}").alias("projected"),
-                        (pl.col(f"p{w}") + pl.col(f"q{w}")).alias("projected_with_proposals"),
-                        pl.when(pl.col(f"pr{w}") > eps).then(pl.col(f"pr{w}")).otherwise(0.0).alias("proposal"),
-                    )
-                    for w in range(h)
-                ],
-                rechunk=False,
-            )
-            # the keys come along from polars (string views, no copy per week): cheaper
-            # than joining 16 rows per item-location back to _align_base
+        if weeks is not None:
             con.register("_align_weeks", weeks)
+        with transaction(con):
+            replace_table(con, "marts.forecast_order_alignment")
             con.execute(
-                """INSERT INTO marts.projection BY NAME
-                   SELECT item_id, location_id, week, $w0::DATE + CAST(7 * week AS INTEGER) AS week_start,
-                          demand, supply, projected, projected_with_proposals, proposal,
-                          $as_of::TIMESTAMPTZ AS run_as_of
-                   FROM _align_weeks""",
+                f"""INSERT INTO marts.forecast_order_alignment BY NAME
+                    SELECT *, $as_of::TIMESTAMPTZ AS run_as_of, $w0::DATE AS week0_start, {h} AS horizon_weeks
+                    FROM ({_ALIGNMENT_SQL})""",
+                {"eps": eps, "as_of": clock.as_of, "w0": w0, "h": float(h),
+                 "excess_weeks": float(settings.excess_weeks)},
+            )
+            replace_table(con, "marts.replenishment_proposal")
+            con.execute(
+                """INSERT INTO marts.replenishment_proposal BY NAME
+                   SELECT b.item_id, b.location_id, b.planner_code, p.week,
+                          $w0::DATE + CAST(7 * p.week AS INTEGER) AS need_date,
+                          p.quantity, b.base_uom, b.matnr, b.forecast_version, $as_of::TIMESTAMPTZ AS run_as_of,
+                          p.projected_before, b.safety_stock, b.order_multiple
+                   FROM _align_proposals p JOIN _align_base b USING (rid)""",
                 {"as_of": clock.as_of, "w0": w0},
             )
-            con.unregister("_align_weeks")
+            replace_table(con, "marts.projection")
+            if write_projection:
+                con.execute(
+                    """INSERT INTO marts.projection BY NAME
+                       SELECT item_id, location_id, week, $w0::DATE + CAST(7 * week AS INTEGER) AS week_start,
+                              demand, supply, projected, projected_with_proposals, proposal,
+                              $as_of::TIMESTAMPTZ AS run_as_of
+                       FROM _align_weeks""",
+                    {"as_of": clock.as_of, "w0": w0},
+                )
+    finally:
+        for view in ("_align_calc", "_align_proposals", "_align_weeks"):
+            try:
+                con.unregister(view)
+            except Exception:  # never registered (failure before)
+                pass
         con.execute("DROP TABLE IF EXISTS _align_base")
     return alignment_metadata(con)
 

@@ -228,15 +228,20 @@ def build_inventory_drift(
         "sev_high": float(settings.severity_high_value),
         "sev_medium": float(settings.severity_medium_value),
     }
-    with transaction(con):
-        ensure_marts(con)
-        _load_tolerances(con, settings)
-        replace_table(con, "marts.inventory_drift")
-        con.execute(f"INSERT INTO marts.inventory_drift BY NAME {_DRIFT_SQL}", params)
-        con.execute("DELETE FROM marts.inventory_drift_history WHERE run_as_of = $as_of", {"as_of": clock.as_of})
-        con.execute("INSERT INTO marts.inventory_drift_history BY NAME SELECT * FROM marts.inventory_drift")
-        con.execute("DROP TABLE IF EXISTS _drift_tol_group")
-        con.execute("DROP TABLE IF EXISTS _drift_tol_loc")
+    ensure_marts(con)
+    _load_tolerances(con, settings)
+    try:
+        # Computed into a temp table before the write transaction: DuckDB scans data written
+        # in the *same* transaction single-threaded, committed temp data in parallel.
+        con.execute(f"CREATE OR REPLACE TEMP TABLE _drift AS {_DRIFT_SQL}", params)
+        with transaction(con):
+            replace_table(con, "marts.inventory_drift")
+            con.execute("INSERT INTO marts.inventory_drift BY NAME SELECT * FROM _drift")
+            con.execute("DELETE FROM marts.inventory_drift_history WHERE run_as_of = $as_of", {"as_of": clock.as_of})
+            con.execute("INSERT INTO marts.inventory_drift_history BY NAME SELECT * FROM _drift")
+    finally:
+        for temp in ("_drift", "_drift_tol_group", "_drift_tol_loc"):
+            con.execute(f"DROP TABLE IF EXISTS {temp}")
     return drift_metadata(con)
 
 

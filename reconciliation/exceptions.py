@@ -311,20 +311,24 @@ def build_exceptions(
         "conf_days": float(settings.po_confirmation_days),
         "release_cutoff": clock.as_of - timedelta(days=float(settings.recommendation_conversion_days)),
     }
-    with transaction(con):
-        ensure_marts(con)
-        _check_marts_run(con, clock.as_of)
-        sql = _candidates_sql(con)
-        used = {k: v for k, v in params.items() if f"${k}" in sql}
+    ensure_marts(con)
+    _check_marts_run(con, clock.as_of)
+    sql = _candidates_sql(con)
+    used = {k: v for k, v in params.items() if f"${k}" in sql}
+    latest = con.execute(
+        "SELECT max(greatest(last_seen_at, coalesce(resolved_at, last_seen_at))) FROM marts.exceptions"
+    ).fetchone()[0]
+    skipped = latest is not None and clock.as_of < latest
+    try:
+        # temp tables first, writes in one transaction (see drift.py for why)
         con.execute(f"CREATE OR REPLACE TEMP TABLE _exc_candidates AS {sql}", used)
-
-        latest = con.execute(
-            "SELECT max(greatest(last_seen_at, coalesce(resolved_at, last_seen_at))) FROM marts.exceptions"
-        ).fetchone()[0]
-        skipped = latest is not None and clock.as_of < latest
         if not skipped:
-            _merge(con, clock.as_of)
+            _actions(con)
+            with transaction(con):
+                _merge(con, clock.as_of)
+    finally:
         con.execute("DROP TABLE IF EXISTS _exc_candidates")
+        con.execute("DROP TABLE IF EXISTS _exc_actions")
     meta = exceptions_metadata(con, clock.as_of)
     if skipped:
         meta["lifecycle_skipped"] = (
@@ -334,11 +338,12 @@ def build_exceptions(
     return meta
 
 
-def _merge(con: duckdb.DuckDBPyConnection, as_of: datetime) -> None:
-    p = {"as_of": as_of}
+def _actions(con: duckdb.DuckDBPyConnection) -> None:
+    """What happens to each id: opened | resolved | reopened | seen (null: nothing)."""
     con.execute(
         """
         CREATE OR REPLACE TEMP TABLE _exc_actions AS
+        SELECT * FROM (
         SELECT coalesce(c.exception_id, e.exception_id) AS exception_id,
                coalesce(c.exception_type, e.exception_type) AS exception_type,
                CASE WHEN e.exception_id IS NULL THEN 'opened'
@@ -347,8 +352,13 @@ def _merge(con: duckdb.DuckDBPyConnection, as_of: datetime) -> None:
                     WHEN c.exception_id IS NOT NULL THEN 'seen' END AS action
         FROM _exc_candidates c
         FULL OUTER JOIN marts.exceptions e USING (exception_id)
+        ) WHERE action IS NOT NULL
         """
     )
+
+
+def _merge(con: duckdb.DuckDBPyConnection, as_of: datetime) -> None:
+    p = {"as_of": as_of}
     con.execute(
         """
         UPDATE marts.exceptions e
@@ -416,7 +426,6 @@ def _merge(con: duckdb.DuckDBPyConnection, as_of: datetime) -> None:
         """,
         p,
     )
-    con.execute("DROP TABLE IF EXISTS _exc_actions")
 
 
 def exceptions_metadata(con: duckdb.DuckDBPyConnection, as_of: datetime) -> dict[str, Any]:
