@@ -1,0 +1,103 @@
+"""Delivery assets: the sync outbox (files + SQL) and the planner exception reports.
+
+Each payload asset builds its records (``reconciliation/payloads.py``), checks them
+against the outgoing contract (``contracts/outgoing.py``), and emits only what was not
+emitted before (``reconciliation/outbox.py``): re-running a run writes nothing new. A
+payload whose blocking inputs failed (a rejected or stale ERP inventory feed) is
+reported, not sent: its ``sendable`` check fails and the run summary says so.
+"""
+
+import dagster as dg
+
+from assets.marts import ALIGNMENT, DRIFT, EXCEPTIONS, FEED_STATUS, KPIS
+from contracts.outgoing import check_payload
+from pipelines.resources import DistsyncResource
+from reconciliation.outbox import Outbox
+from reconciliation.payloads import build_erp_replenishment_proposal, build_planning_inventory_sync
+from reconciliation.reports import write_reports
+
+SYNC = dg.AssetKey(["delivery", "planning_inventory_sync"])
+PROPOSALS = dg.AssetKey(["delivery", "erp_replenishment_proposal"])
+REPORTS = dg.AssetKey(["delivery", "exception_reports"])
+
+
+def _outbox(distsync: DistsyncResource) -> Outbox:
+    return Outbox(distsync.outbox_sql_url(), distsync.outbox_folder_url(),
+                  schema_version=distsync.load_settings().sync_schema_version)
+
+
+def _emit(context, distsync: DistsyncResource, payload_type: str, key: dg.AssetKey, build) -> dg.MaterializeResult:
+    settings, as_of = distsync.load_settings(), distsync.resolve_as_of(context)
+    outbox = _outbox(distsync)
+    try:
+        with distsync.connect() as con:
+            built = build(con, as_of, settings, outbox)
+            contract = check_payload(payload_type, built.records)
+            result = None
+            if built.blocked_reason is None and not contract["failures"]:
+                result = outbox.emit(payload_type, built.records, as_of)
+            outbox.mirror_to_duckdb(con)
+            if built.blocked_reason is not None:
+                con.execute("CREATE TABLE IF NOT EXISTS sync.blocked (payload_type VARCHAR, run_as_of TIMESTAMPTZ, "
+                            "reason VARCHAR, records_held BIGINT)")
+                con.execute("DELETE FROM sync.blocked WHERE payload_type = ? AND run_as_of = ?", [payload_type, as_of])
+                con.execute("INSERT INTO sync.blocked VALUES (?, ?, ?, ?)",
+                            [payload_type, as_of, built.blocked_reason, built.records.height])
+    finally:
+        outbox.close()
+    meta = {
+        "records_built": built.records.height,
+        "records_emitted": result.record_count if result else 0,
+        "already_emitted": result.already_emitted if result else 0,
+        "batch_id": (result.batch_id if result else None) or "none",
+        "batch_file": dg.MetadataValue.path(result.file_path) if result and result.file_path else "none",
+        "blocked_reason": built.blocked_reason or "",
+        "stats": dg.MetadataValue.json(built.stats),
+    }
+    return dg.MaterializeResult(
+        metadata=meta,
+        check_results=[
+            dg.AssetCheckResult(check_name="sendable", passed=built.blocked_reason is None,
+                                severity=dg.AssetCheckSeverity.ERROR,
+                                description=built.blocked_reason or "inputs passed their blocking checks"),
+            dg.AssetCheckResult(check_name="payload_contract", passed=not contract["failures"],
+                                metadata={"failures": contract["failures"]}),
+        ],
+    )
+
+
+def _payload_checks(key: dg.AssetKey) -> list[dg.AssetCheckSpec]:
+    return [dg.AssetCheckSpec("sendable", asset=key, description="Not blocked by a rejected or stale input feed"),
+            dg.AssetCheckSpec("payload_contract", asset=key, description="Records match contracts/outgoing.py")]
+
+
+@dg.asset(key=SYNC, group_name="delivery", pool="duckdb", kinds={"sqlite", "json"},
+          deps=[DRIFT, EXCEPTIONS, FEED_STATUS], check_specs=_payload_checks(SYNC),
+          description="ERP stock per item-location, in planning codes, for the planning system: only records "
+                      "that changed since last emitted (full refresh with --full-sync).")
+def planning_inventory_sync(context: dg.AssetExecutionContext, distsync: DistsyncResource) -> dg.MaterializeResult:
+    return _emit(context, distsync, "planning_inventory_sync", SYNC,
+                 lambda con, as_of, settings, outbox: build_planning_inventory_sync(
+                     con, as_of, settings, outbox, full_sync=distsync.full_sync))
+
+
+@dg.asset(key=PROPOSALS, group_name="delivery", pool="duckdb", kinds={"sqlite", "json"},
+          deps=[ALIGNMENT, FEED_STATUS], check_specs=_payload_checks(PROPOSALS),
+          description="Netting proposals for the ERP (one record per proposal), each sent once.")
+def erp_replenishment_proposal(context: dg.AssetExecutionContext, distsync: DistsyncResource) -> dg.MaterializeResult:
+    return _emit(context, distsync, "erp_replenishment_proposal", PROPOSALS, build_erp_replenishment_proposal)
+
+
+@dg.asset(key=REPORTS, group_name="delivery", pool="duckdb", kinds={"html", "csv"},
+          deps=[EXCEPTIONS, KPIS, DRIFT, ALIGNMENT, SYNC, PROPOSALS],
+          description="Per-planner exception reports (HTML + CSV) and an index under reports/<run_date>/.")
+def exception_reports(context: dg.AssetExecutionContext, distsync: DistsyncResource) -> dg.MaterializeResult:
+    as_of = distsync.resolve_as_of(context)
+    with distsync.connect() as con:
+        out = write_reports(con, distsync.reports_path(), as_of)
+    meta = {k: v for k, v in out.items() if isinstance(v, (int, float, str, bool))}
+    index = distsync.reports_path() / as_of.date().isoformat() / "index.html"
+    return dg.MaterializeResult(metadata={**meta, "index": dg.MetadataValue.path(str(index))})
+
+
+delivery_assets = [planning_inventory_sync, erp_replenishment_proposal, exception_reports]

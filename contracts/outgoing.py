@@ -1,0 +1,81 @@
+"""Contracts of what distsync publishes: the sync payload records and the marts.
+
+The same pandera layer that guards the inputs guards the outputs (in place of a second
+validation framework: see the README, "Great Expectations"). A payload batch whose
+records break their contract is not emitted; a mart that breaks its contract fails the
+mart's check in Dagster.
+"""
+
+from __future__ import annotations
+
+import duckdb
+import pandera.polars as pa
+import polars as pl
+
+
+def _isin(*values: str) -> pa.Check:
+    return pa.Check(lambda d: d.lazyframe.select(pl.col(d.key).is_in(list(values))), name="allowed_value")
+
+
+def _matches(pattern: str, name: str) -> pa.Check:
+    return pa.Check(lambda d: d.lazyframe.select(pl.col(d.key).str.contains(pattern)), name=name)
+
+
+NON_NEGATIVE = pa.Check(lambda d: d.lazyframe.select(pl.col(d.key) >= 0), name="non_negative")
+POSITIVE = pa.Check(lambda d: d.lazyframe.select(pl.col(d.key) > 0), name="positive")
+ISO_Z = _matches(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$", "iso_8601_utc")
+SHA256 = _matches(r"^[0-9a-f]{64}$", "sha256_hex")
+
+PAYLOAD_SCHEMAS = {
+    "planning_inventory_sync": pa.DataFrameSchema({
+        "idempotency_key": pa.Column(str, checks=[SHA256], unique=True),
+        "product_code": pa.Column(str), "site_code": pa.Column(str),
+        "on_hand": pa.Column(float, checks=[NON_NEGATIVE]), "uom": pa.Column(str),
+        "as_of": pa.Column(str, checks=[ISO_Z]),
+        "quality": pa.Column(str, checks=[_isin("reconciled", "drift", "stale", "unverifiable")]),
+    }, unique=["product_code", "site_code"], name="planning_inventory_sync", strict=False),
+    "erp_replenishment_proposal": pa.DataFrameSchema({
+        "idempotency_key": pa.Column(str, checks=[SHA256], unique=True),
+        "MATNR": pa.Column(str, checks=[_matches(r"^\d{18}$", "matnr_18_digits")]),
+        "WERKS": pa.Column(str), "quantity": pa.Column(float, checks=[POSITIVE]), "MEINS": pa.Column(str),
+        "need_date": pa.Column(str, checks=[_matches(r"^\d{4}-\d{2}-\d{2}$", "iso_date")]),
+        "forecast_version": pa.Column(str, nullable=True),
+    }, unique=["MATNR", "WERKS", "need_date"], name="erp_replenishment_proposal", strict=False),
+}
+
+STATUS = ("match", "within_tolerance", "drift", "unverifiable")
+MART_SCHEMAS = {
+    "marts.inventory_drift": pa.DataFrameSchema({
+        "item_id": pa.Column(str), "location_id": pa.Column(str),
+        "erp_qty": pa.Column(float), "status_wms": pa.Column(str, checks=[_isin(*STATUS)]),
+        "status_planning": pa.Column(str, checks=[_isin(*STATUS)]), "status": pa.Column(str, checks=[_isin(*STATUS)]),
+    }, unique=["item_id", "location_id"], name="marts.inventory_drift", strict=False),
+    "marts.forecast_order_alignment": pa.DataFrameSchema({
+        "item_id": pa.Column(str), "location_id": pa.Column(str),
+        "status": pa.Column(str, checks=[_isin("shortage_in_lead_time", "needs_order", "excess", "aligned")]),
+        "proposal_qty": pa.Column(float, checks=[NON_NEGATIVE]),
+        "shortage_qty": pa.Column(float, checks=[NON_NEGATIVE]),
+        "excess_qty": pa.Column(float, checks=[NON_NEGATIVE]),
+    }, unique=["item_id", "location_id"], name="marts.forecast_order_alignment", strict=False),
+}
+
+
+def failures(schema: pa.DataFrameSchema, frame: pl.DataFrame, sample: int = 5) -> dict:
+    """``{"failures": {column: check -> count}, "sample": [...]}``; empty when valid."""
+    try:
+        schema.validate(frame, lazy=True)
+    except pa.errors.SchemaErrors as exc:
+        fc = exc.failure_cases
+        counts = {f"{r['column'] or 'table'}: {r['check']}": r["n"]
+                  for r in fc.group_by("column", "check").agg(pl.len().alias("n")).sort("column", "check").to_dicts()}
+        return {"failures": counts, "sample": fc.head(sample).with_columns(pl.all().cast(pl.String)).to_dicts()}
+    return {"failures": {}, "sample": []}
+
+
+def check_payload(payload_type: str, records: pl.DataFrame) -> dict:
+    return failures(PAYLOAD_SCHEMAS[payload_type], records)
+
+
+def check_mart(con: duckdb.DuckDBPyConnection, table: str) -> dict:
+    cols = ", ".join(MART_SCHEMAS[table].columns)
+    return failures(MART_SCHEMAS[table], con.execute(f"SELECT {cols} FROM {table}").pl())
