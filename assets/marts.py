@@ -8,6 +8,7 @@ thresholds); the effective settings are echoed on the drift asset.
 
 import dagster as dg
 
+from contracts.outgoing import check_mart
 from contracts.warehouse import export_to_lake
 from pipelines.resources import DistsyncResource
 from reconciliation import build_exceptions, build_forecast_order_alignment, build_inventory_drift, build_kpis
@@ -37,6 +38,12 @@ def _meta(out: dict) -> dict:
     return meta
 
 
+def _contract_result(contract: dict) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(check_name="mart_contract", passed=not contract["failures"],
+                               metadata={"failures": contract["failures"], "sample": dg.MetadataValue.json(
+                                   contract["sample"])})
+
+
 def _export(distsync: DistsyncResource, con, *tables: str) -> None:
     for t in tables:
         export_to_lake(con, t, str(distsync.lake_path()))
@@ -50,12 +57,15 @@ def _export(distsync: DistsyncResource, con, *tables: str) -> None:
     check_specs=[
         dg.AssetCheckSpec("drift_rate_below_threshold", asset=DRIFT),
         dg.AssetCheckSpec("drift_value_below_threshold", asset=DRIFT),
+        dg.AssetCheckSpec("mart_contract", asset=DRIFT, blocking=True,
+                          description="Published columns and statuses (contracts/outgoing.py)"),
     ],
 )
 def inventory_drift(context: dg.AssetExecutionContext, distsync: DistsyncResource) -> dg.MaterializeResult:
     settings, as_of = distsync.load_settings(), distsync.resolve_as_of(context)
     with distsync.connect() as con:
         out = build_inventory_drift(con, settings, as_of)
+        contract = check_mart(con, "marts.inventory_drift")
         _export(distsync, con, "marts.inventory_drift")
     rate, value = out.get("drift_rate") or 0.0, out.get("drift_value_total") or 0.0
     return dg.MaterializeResult(
@@ -68,6 +78,7 @@ def inventory_drift(context: dg.AssetExecutionContext, distsync: DistsyncResourc
             dg.AssetCheckResult(check_name="drift_value_below_threshold",
                                 passed=value <= settings.warn_drift_value_total, severity=dg.AssetCheckSeverity.WARN,
                                 metadata={"drift_value_total": value, "threshold": settings.warn_drift_value_total}),
+            _contract_result(contract),
         ],
     )
 
@@ -77,6 +88,8 @@ def inventory_drift(context: dg.AssetExecutionContext, distsync: DistsyncResourc
     deps=[dg.AssetKey(t.split(".")) for t in ALIGNMENT_INPUTS],
     description="Forecast-to-order alignment: weekly projection, shortages in the frozen window, netting "
                 "proposals (marts.replenishment_proposal), excess. Rules: reconciliation/alignment.py.",
+    check_specs=[dg.AssetCheckSpec("mart_contract", asset=ALIGNMENT, blocking=True,
+                                   description="Published columns and statuses (contracts/outgoing.py)")],
 )
 def forecast_order_alignment(context: dg.AssetExecutionContext, distsync: DistsyncResource) -> dg.MaterializeResult:
     settings, as_of = distsync.load_settings(), distsync.resolve_as_of(context)
@@ -90,8 +103,10 @@ def forecast_order_alignment(context: dg.AssetExecutionContext, distsync: Distsy
         else:
             out = {**build_forecast_order_alignment(con, settings, as_of), "recomputed": True}
             record_build(con, "forecast_order_alignment", fp)
+        contract = check_mart(con, "marts.forecast_order_alignment")
         _export(distsync, con, "marts.forecast_order_alignment", "marts.replenishment_proposal")
-    return dg.MaterializeResult(metadata={**_meta(out), "dagster/row_count": out["item_locations"]})
+    return dg.MaterializeResult(metadata={**_meta(out), "dagster/row_count": out["item_locations"]},
+                                check_results=[_contract_result(contract)])
 
 
 @dg.asset(
