@@ -57,10 +57,12 @@ from sqlalchemy.dialects.postgresql.psycopg import dialect as psycopg_dialect
 from contracts.landing import filesystem
 from contracts.settings import Settings
 
+from .marts_ddl import transaction
 from .payloads import INTERNAL_COLUMNS, iso_z, json_column, utc
 
 STATUS_READY = "ready"
-_S3_SINGLE_PUT = 5 * 2**30 - 1  # s3fs does one PUT below 2 x chunksize (S3's limit is 5 GB)
+# s3fs makes one PUT below min(5 GB, 2 x chunksize): with this chunksize, below S3's 5 GB limit
+_S3_CHUNKSIZE = 5 * 2**30
 
 
 @dataclass(frozen=True)
@@ -166,6 +168,8 @@ class Outbox:
             db = self.engine.url.database
             if db and db != ":memory:":
                 Path(db).parent.mkdir(parents=True, exist_ok=True)
+            if schema:
+                raise ValueError("a database schema is for PostgreSQL; SQLite keeps the outbox in its own file")
         elif self.dialect != "postgresql":
             raise ValueError(f"outbox URL must be sqlite or postgresql, got {self.dialect}: {url}")
         # positional placeholders for bulk executemany (psycopg takes %s as well as %(name)s)
@@ -306,20 +310,9 @@ class Outbox:
         """Write one file atomically: readers see the old file or the whole new one."""
         path = f"{self.root}/{payload_type}/{name}"
         if self.is_s3:
-            self.fs.pipe_file(path, data, chunksize=_S3_SINGLE_PUT // 2 + 1)
+            self.fs.pipe_file(path, data, chunksize=_S3_CHUNKSIZE)
             return
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{os.path.dirname(path)}/.{name}.{os.getpid()}.tmp"
-        try:
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.remove(tmp)
-            raise
+        write_atomic(path, data)
 
     def _insert(self, table: sa.Table) -> Any:
         return sqlite.insert(table) if self.dialect == "sqlite" else postgresql.insert(table)
@@ -425,16 +418,31 @@ class Outbox:
                 rows = _fetch(conn, *self._compiled(stmt, {"b": batch_id}))
             recs = pl.DataFrame(rows, schema={c: pl.String for c in cols}, orient="row").with_columns(
                 created_at=pl.lit(batch_row["created_at"].item(), pl.Datetime("us", "UTC")))
-            con.execute("BEGIN TRANSACTION")
-            try:
+            with transaction(con):
                 con.execute("DELETE FROM sync.record WHERE batch_id = ?", [batch_id])
                 con.execute("INSERT INTO sync.record BY NAME SELECT * FROM recs")
                 con.execute("INSERT INTO sync.batch BY NAME SELECT * FROM batch_row")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
-            con.execute("COMMIT")
         return todo.height
+
+
+def write_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write a local file so that readers see the old file or the whole new one: a
+    temporary name in the same folder, fsync, rename; the temporary file is removed when
+    anything fails."""
+    path = os.fspath(path)
+    folder, name = os.path.split(path)
+    os.makedirs(folder or ".", exist_ok=True)
+    tmp = os.path.join(folder, f".{name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
 
 
 def _fetch(conn: sa.Connection, sql: str, params: Sequence[Any]) -> list[tuple]:

@@ -64,7 +64,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, Protocol
 
 import duckdb
@@ -72,6 +72,8 @@ import polars as pl
 
 from contracts.settings import Settings
 from contracts.warehouse import table_exists
+
+from .marts_ddl import run_clock
 
 PLANNING_INVENTORY_SYNC = "planning_inventory_sync"
 ERP_REPLENISHMENT_PROPOSAL = "erp_replenishment_proposal"
@@ -126,11 +128,7 @@ class PayloadBuild(tuple):
 # --- helpers ------------------------------------------------------------------------------
 def utc(as_of: datetime | str) -> datetime:
     """``as_of`` as an aware UTC datetime (naive = UTC; ISO-8601 text accepted)."""
-    if isinstance(as_of, str):
-        as_of = datetime.fromisoformat(as_of.replace("Z", "+00:00"))
-    if as_of.tzinfo is None:
-        as_of = as_of.replace(tzinfo=timezone.utc)
-    return as_of.astimezone(timezone.utc)
+    return run_clock(as_of).as_of
 
 
 def iso_z(ts: datetime) -> str:

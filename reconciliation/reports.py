@@ -47,10 +47,10 @@ from typing import Any, Iterable
 
 import duckdb
 import jinja2
-import polars as pl
 
 from contracts.warehouse import table_exists
 
+from .outbox import write_atomic
 from .payloads import iso_z, utc
 
 SEVERITIES = ("high", "medium", "low")
@@ -312,9 +312,7 @@ def _remember(state_file: Path, as_of: datetime) -> None:
             seen = []
     reports = sorted({iso_z(utc(s)) for s in seen} | {iso_z(as_of)})[-500:]
     payload = {"as_of": max(reports), "reports": reports}
-    tmp = state_file.with_name(f".{state_file.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, state_file)
+    write_atomic(state_file, (json.dumps(payload, indent=2) + "\n").encode())
 
 
 _EXCEPTIONS_SQL = """
@@ -447,13 +445,7 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     w.writerow([title for _, title in CSV_COLUMNS])
     for r in rows:
         w.writerow([_csv_cell(iso_z(r[k]) if isinstance(r[k], datetime) else r[k]) for k, _ in CSV_COLUMNS])
-    _atomic_write(path, buf.getvalue().encode("utf-8-sig"))
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    write_atomic(path, buf.getvalue().encode("utf-8-sig"))
 
 
 def _counts(rows: list[dict[str, Any]]) -> dict[str, int]:
@@ -536,7 +528,7 @@ def write_reports(
             location_totals=_totals(mine_locs), alignment=align,
         )
         html_path, csv_path = run_dir / f"{stem}.html", run_dir / f"{stem}.csv"
-        _atomic_write(html_path, page.encode("utf-8"))
+        write_atomic(html_path, page.encode("utf-8"))
         _write_csv(csv_path, mine)
         counts = _counts(mine)
         summary.append({"planner": code, "href": f"{stem}.html", "csv": f"{stem}.csv", "counts": counts,
@@ -552,7 +544,7 @@ def write_reports(
         alignment_totals=_alignment_totals(alignment),
     )
     index_path = run_dir / "index.html"
-    _atomic_write(index_path, index.encode("utf-8"))
+    write_atomic(index_path, index.encode("utf-8"))
     _remember(state_file, as_of)
     result.update(index=str(index_path), open=len(opened), new=len(new), resolved=len(resolved),
                   alignment_rate=overall_rate)

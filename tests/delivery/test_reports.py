@@ -9,7 +9,7 @@ import struct
 import subprocess
 import tempfile
 import zlib
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from html.parser import HTMLParser
 from pathlib import Path
 
