@@ -54,9 +54,12 @@ Decisions where the spec is silent
   ``INVENTORY_DRIFT`` exception; else ``reconciled``.
 * Blocking: ``planning_inventory_sync`` is blocked when the ERP ``inventory_balance``
   feed is stale, its newest delivered file was rejected, or it has no current file.
-  Proposals are netted from ERP stock, open POs and the forecast, so they are blocked
-  when any of ``erp/inventory_balance``, ``erp/purchase_order`` or ``planning/forecast``
-  fails those checks. Both are blocked when their mart belongs to another run.
+  Proposals are netted from ERP stock and open POs, so they are blocked when
+  ``erp/inventory_balance`` or ``erp/purchase_order`` fails those checks (stale stock or
+  missing PO changes would order the wrong quantity, or order twice). A stale forecast
+  does not block them: the latest published forecast stays the plan of record until a
+  new one arrives (its ``STALE_FEED`` exception is reported). Both payloads are blocked
+  when their mart belongs to another run.
 * Quantities are rounded to 6 decimals, so unit-conversion noise is not a change.
 """
 
@@ -95,7 +98,7 @@ COMPARED: dict[str, tuple[str, ...]] = {
 INTERNAL_COLUMNS = ("business_key", "content", "content_version")
 
 QTY_DECIMALS = 6
-PROPOSAL_BLOCKING_FEEDS = (("erp", "inventory_balance"), ("erp", "purchase_order"), ("planning", "forecast"))
+PROPOSAL_BLOCKING_FEEDS = (("erp", "inventory_balance"), ("erp", "purchase_order"))
 
 
 class EmittedState(Protocol):
