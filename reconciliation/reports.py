@@ -47,6 +47,7 @@ from typing import Any, Iterable
 
 import duckdb
 import jinja2
+import markupsafe
 
 from contracts.warehouse import table_exists
 
@@ -132,6 +133,23 @@ def fmt_ts(value: Any) -> str:
     return str(value)
 
 
+_BREAK_AFTER = re.compile(r"([/_|])")
+_DATE = re.compile(r"(\d{4}-\d{2}-\d{2})")
+
+
+def breakable(value: Any) -> markupsafe.Markup:
+    """Escaped text for a table cell: lines may break after ``/``, ``_`` and ``|`` (file
+    paths, PO numbers) but never inside a date."""
+    out = markupsafe.Markup("")
+    for i, chunk in enumerate(_DATE.split("" if value is None else str(value))):
+        if i % 2:
+            out += markupsafe.Markup('<span class="nowrap">%s</span>') % chunk
+            continue
+        for j, part in enumerate(_BREAK_AFTER.split(chunk)):
+            out += markupsafe.escape(part) + (markupsafe.Markup("<wbr>") if j % 2 else "")
+    return out
+
+
 def fmt_rate(value: Any) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
@@ -145,6 +163,25 @@ def _listing(values: Any) -> str:
 
 
 # the details a sentence needs; without them the details are listed as they are
+RULE_NAMES = {
+    "null_value": "a required value is missing",
+    "malformed_key": "a key is malformed",
+    "bad_number": "a number cannot be read",
+    "bad_date": "a date cannot be read",
+    "negative_quantity": "a negative stock quantity",
+    "invalid_value": "a value outside the allowed list",
+    "unknown_uom": "a unit with no conversion for the item",
+    "unknown_item": "an item not in the item master",
+    "unknown_location": "a plant not in the plant master",
+    "unmapped_code": "a code not in the cross-reference",
+    "conflicting_duplicate": "two different rows for the same key",
+}
+
+
+def _plural(n: Any, word: str) -> str:
+    return f"{fmt_qty(n)} {word}{'' if n == 1 else 's'}"
+
+
 _REQUIRED = {
     "INVENTORY_DRIFT": ("erp_qty", "diff"),
     "PROJECTED_SHORTAGE": ("first_shortage_week", "shortage_qty"),
@@ -154,8 +191,8 @@ _REQUIRED = {
     "UNCONVERTED_RECOMMENDATION": ("recommendation_id",),
     "RECOMMENDATION_QTY_MISMATCH": ("recommendation_id", "recommended_qty", "ordered_qty"),
     "UNMAPPED_CODE": ("system", "code"),
-    "CONTRACT_VIOLATION": ("file", "rule"),
-    "FEED_REJECTED": ("file",),
+    "CONTRACT_VIOLATION": ("rule",),
+    "FEED_REJECTED": (),
     "STALE_FEED": ("system", "feed"),
 }
 
@@ -209,14 +246,14 @@ def describe(exception_type: str, details: Any, uom: str | None = None, week0: d
                     text += f", worth {fmt_money(d.get('drift_value'), d.get('currency'))}"
                 text += "."
                 if d.get("other_present") is False:
-                    text += f" The item is missing from {other}'s stock file."
+                    text += f" The {short} stock file does not have this item."
                 elif d.get("erp_present") is False:
-                    text += " The item is missing from the ERP stock file."
+                    text += " The ERP stock file does not have this item."
                 return text
             case "PROJECTED_SHORTAGE":
                 return (f"Stock falls below safety stock{opt(' (' + q('safety_stock') + ')', 'safety_stock')} "
                         f"{_week_phrase(d['first_shortage_week'], week0)}, short by {q('shortage_qty')}"
-                        + opt(f", inside the lead time of {d.get('lead_time_weeks')} weeks", "lead_time_weeks")
+                        + opt(f", inside the lead time of {_plural(d.get('lead_time_weeks'), 'week')}", "lead_time_weeks")
                         + "." + opt(f" On hand now: {q('on_hand')}.", "on_hand"))
             case "EXCESS_SUPPLY":
                 return (opt(f"Projected stock at the end of the horizon is {q('projected_end')}, ", "projected_end")
@@ -242,13 +279,14 @@ def describe(exception_type: str, details: Any, uom: str | None = None, week0: d
             case "UNMAPPED_CODE":
                 kind = {"item": "product", "location": "site"}.get(str(d.get("code_kind")), "")
                 return (f"{str(d['system']).upper()} {kind + ' ' if kind else ''}code {d['code']} is not in the "
-                        "cross-reference" + opt(f"; {fmt_qty(d.get('rows'))} row(s) were set aside", "rows") + ".")
-            case "CONTRACT_VIOLATION":
-                cols = f" (column {_listing(d['columns'])})" if d.get("columns") else ""
-                return (opt(f"{fmt_qty(d.get('rows'))} row(s) of ", "rows") + f"{d['file']} broke the rule "
-                        f"'{d['rule']}'{cols}; they were set aside.")
+                        "cross-reference" + opt(f"; {_plural(d.get('rows'), 'row')} set aside", "rows") + ".")
+            case "CONTRACT_VIOLATION":  # the file is in the Reference column
+                cols = f" in column {_listing(d['columns'])}" if d.get("columns") else ""
+                rule = RULE_NAMES.get(str(d["rule"]), str(d["rule"]).replace("_", " "))
+                rows = _plural(d.get("rows"), "row") if d.get("rows") is not None else "Rows"
+                return f"{rows} of this file set aside: {rule}{cols}."
             case "FEED_REJECTED":
-                return (f"File {d['file']} was rejected" + opt(f": {d.get('reason')}", "reason")
+                return ("The whole file was rejected" + opt(f": {d.get('reason')}", "reason")
                         + ". The previous good file is still in use.")
             case "STALE_FEED":
                 feed = f"{str(d['system']).upper()} {str(d['feed']).replace('_', ' ')}"
@@ -427,7 +465,7 @@ def _environment() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(qty=fmt_qty, money=fmt_money, ts=fmt_ts, rate=fmt_rate)
+    env.filters.update(qty=fmt_qty, money=fmt_money, ts=fmt_ts, rate=fmt_rate, breakable=breakable)
     return env
 
 
