@@ -1,0 +1,78 @@
+"""Smoke test of the benchmark harness (benchmarks/run.py) at scale small.
+
+Runs the whole harness end to end — generation, plain and instrumented full and
+incremental runs, the DuckDB floors, the report — without datacompy and without waiting
+for a quiet machine, and checks that the report has every run, every asset of the graph
+with every figure, and every ratio row. It does not check the targets: timings at scale
+small say nothing about them (the real figures are in benchmarks/README.md).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+RATIOS = [
+    "drift step / drift floor",
+    "full run / run floor",
+    "full run peak RSS, GiB",
+    "datacompy-pandas / drift step (compare only)",
+    "datacompy-polars / drift step (compare only)",
+    "incremental / full",
+]
+
+
+def test_benchmark_harness_small(tmp_path: Path) -> None:
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--scale", "small", "--skip-datacompy",
+         "--data-dir", str(tmp_path / "small"), "--out-dir", str(tmp_path), "--max-wait", "0",
+         "--skip-window-floor", "--txn-rows", "50"],
+        capture_output=True, text=True, timeout=170,
+    )
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((tmp_path / "report-small.json").read_text())
+    md = (tmp_path / "report-small.md").read_text()
+
+    for run in ("full", "incremental", "full_instrumented", "incremental_instrumented"):
+        r = report["runs"][run]
+        assert r["returncode"] == 0
+        assert r["wall_s"] > 0 and r["cpu_s"] > 0 and r["peak_rss_mib"] > 0
+        assert r["machine"]["load1"] is not None and r["others_cores_during"] is not None
+    for floor in ("drift", "drift_lake", "run"):
+        assert report["floors"][floor]["returncode"] == 0 and report["floors"][floor]["result"]
+
+    sys.path.insert(0, str(ROOT))
+    from pipelines.graph import ALL_ASSETS
+
+    keys = {"/".join(k.path) for ad in ALL_ASSETS for k in ad.keys}
+    for run in ("full_instrumented", "incremental_instrumented"):
+        steps = report["runs"][run]["steps"]
+        assert steps["rows_error"] is None
+        assets = {a["asset"]: a for a in steps["assets"]}
+        assert keys <= set(assets), keys - set(assets)
+        for name in keys:
+            a = assets[name]
+            for field in ("wall_s", "cpu_s", "peak_rss_mib", "rows_in"):
+                assert a.get(field) is not None, (run, name, field)
+            # an asset that only writes files may have no row count: then the note says so
+            assert a.get("rows_out") is not None or a.get("rows_note"), (run, name)
+            assert f"| {name} |" in md
+    # the incremental ingested exactly the appended transaction file
+    inc = {a["asset"]: a for a in report["runs"]["incremental_instrumented"]["steps"]["assets"]}
+    assert inc["ingest/wms_transaction"]["rows_in"] == 50
+
+    figures = {r["figure"]: r for r in report["ratios"]}
+    for name in RATIOS:
+        assert name in figures, name
+        assert f"| {name} |" in md
+        if "datacompy" not in name:
+            assert figures[name]["value"] is not None, name
+            assert figures[name]["target"], name
+    assert elapsed < 170
