@@ -425,10 +425,10 @@ class Outbox:
         return todo.height
 
 
-def write_atomic(path: str | os.PathLike, data: bytes) -> None:
+def write_atomic(path: str | os.PathLike, data: bytes, *, fsync: bool = True) -> None:
     """Write a local file so that readers see the old file or the whole new one: a
-    temporary name in the same folder, fsync, rename; the temporary file is removed when
-    anything fails."""
+    temporary name in the same folder, (fsync,) rename; the temporary file is removed
+    when anything fails. Skip the fsync for files that can be regenerated."""
     path = os.fspath(path)
     folder, name = os.path.split(path)
     os.makedirs(folder or ".", exist_ok=True)
@@ -436,8 +436,9 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
     try:
         with open(tmp, "wb") as fh:
             fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+            if fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

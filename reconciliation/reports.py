@@ -24,7 +24,7 @@ Decisions where the spec is silent:
 * Planner codes become file names with every character outside ``A-Z a-z 0-9 . _ -``
   replaced by ``_``; a code that had to change (or that would clash with another or with
   ``index``) gets a short hash of the original code appended.
-* A page lists at most ``max_rows`` exceptions per table (default 1,000) and says so; the
+* A page lists at most ``max_rows`` exceptions per table (default 500) and says so; the
   CSV always has all of them.
 * CSV text cells that a spreadsheet would run as a formula (starting with ``=``, ``+``,
   ``-``, ``@``) get a leading apostrophe — extracts are not trusted.
@@ -41,7 +41,7 @@ import json
 import math
 import os
 import re
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -56,7 +56,7 @@ from .payloads import iso_z, utc
 
 SEVERITIES = ("high", "medium", "low")
 UNASSIGNED = "UNASSIGNED"
-MAX_ROWS = 1_000
+MAX_ROWS = 500
 
 # plain names and a one-line explanation per exception type (the glossary)
 EXCEPTION_TYPES: dict[str, tuple[str, str]] = {
@@ -127,7 +127,8 @@ def fmt_ts(value: Any) -> str:
         except ValueError:
             return value
     if isinstance(value, datetime):
-        return utc(value).strftime("%Y-%m-%d %H:%M UTC")
+        value = value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+        return value.strftime("%Y-%m-%d %H:%M UTC")
     if isinstance(value, date):
         return value.isoformat()
     return str(value)
@@ -139,15 +140,11 @@ _DATE = re.compile(r"(\d{4}-\d{2}-\d{2})")
 
 def breakable(value: Any) -> markupsafe.Markup:
     """Escaped text for a table cell: lines may break after ``/``, ``_`` and ``|`` (file
-    paths, PO numbers) but never inside a date."""
-    out = markupsafe.Markup("")
-    for i, chunk in enumerate(_DATE.split("" if value is None else str(value))):
-        if i % 2:
-            out += markupsafe.Markup('<span class="nowrap">%s</span>') % chunk
-            continue
-        for j, part in enumerate(_BREAK_AFTER.split(chunk)):
-            out += markupsafe.escape(part) + (markupsafe.Markup("<wbr>") if j % 2 else "")
-    return out
+    paths, PO numbers) but never inside a date. (Escaping first is safe: an escaped text
+    has none of ``/ _ |`` nor a date inside an entity.)"""
+    text = str(markupsafe.escape("" if value is None else value))
+    text = _BREAK_AFTER.sub(r"\1<wbr>", text)
+    return markupsafe.Markup(_DATE.sub(r'<span class="nowrap">\1</span>', text))
 
 
 def fmt_rate(value: Any) -> str:
@@ -350,7 +347,7 @@ def _remember(state_file: Path, as_of: datetime) -> None:
             seen = []
     reports = sorted({iso_z(utc(s)) for s in seen} | {iso_z(as_of)})[-500:]
     payload = {"as_of": max(reports), "reports": reports}
-    write_atomic(state_file, (json.dumps(payload, indent=2) + "\n").encode())
+    write_atomic(state_file, (json.dumps(payload, indent=2) + "\n").encode(), fsync=False)
 
 
 _EXCEPTIONS_SQL = """
@@ -360,11 +357,14 @@ SELECT e.exception_id, e.exception_type, e.severity, e.status, e.item_id, e.loca
        {item_desc} AS item_description, {uom} AS uom, {loc_name} AS location_name
 FROM marts.exceptions e
 {joins}
-WHERE e.first_seen_at IS NULL OR e.first_seen_at <= $as_of
+WHERE (e.first_seen_at IS NULL OR e.first_seen_at <= $as_of)
+  AND (e.status = 'open' OR (e.resolved_at > $previous AND e.resolved_at <= $as_of))
 """
 
 
-def _exceptions(con: duckdb.DuckDBPyConnection, as_of: datetime) -> list[dict[str, Any]]:
+def _exceptions(con: duckdb.DuckDBPyConnection, as_of: datetime, previous: datetime | None) -> list[dict[str, Any]]:
+    """Open exceptions and those resolved since the previous report (not the whole,
+    ever-growing history), with their plain-language fields, in report order."""
     week0 = as_of.date() - timedelta(days=as_of.date().weekday())
     has_item = table_exists(con, "canonical.item")
     has_loc = table_exists(con, "canonical.location")
@@ -381,7 +381,7 @@ def _exceptions(con: duckdb.DuckDBPyConnection, as_of: datetime) -> list[dict[st
         loc_name="l.name" if has_loc else "NULL",
         joins="\n".join(joins),
     )
-    rows = _rows(con, sql, {"as_of": as_of})
+    rows = _rows(con, sql, {"as_of": as_of, "previous": previous or as_of})
     rank = {s: i for i, s in enumerate(SEVERITIES)}
     for r in rows:
         name, _ = EXCEPTION_TYPES.get(r["exception_type"], (str(r["exception_type"]).replace("_", " ").title(), ""))
@@ -483,7 +483,7 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     w.writerow([title for _, title in CSV_COLUMNS])
     for r in rows:
         w.writerow([_csv_cell(iso_z(r[k]) if isinstance(r[k], datetime) else r[k]) for k, _ in CSV_COLUMNS])
-    write_atomic(path, buf.getvalue().encode("utf-8-sig"))
+    write_atomic(path, buf.getvalue().encode("utf-8-sig"), fsync=False)
 
 
 def _counts(rows: list[dict[str, Any]]) -> dict[str, int]:
@@ -528,14 +528,11 @@ def write_reports(
     run_dir = out / as_of.date().isoformat()
     run_dir.mkdir(parents=True, exist_ok=True)
 
-    exceptions = _exceptions(con, as_of) if table_exists(con, "marts.exceptions") else []
+    exceptions = _exceptions(con, as_of, previous) if table_exists(con, "marts.exceptions") else []
     opened = [r for r in exceptions if r["status"] == "open"]
     new = [r for r in opened if previous is not None and r["first_seen_at"] is not None
-           and utc(r["first_seen_at"]) > previous]
-    resolved = [r for r in exceptions if r["status"] == "resolved" and r["resolved_at"] is not None
-                and utc(r["resolved_at"]) <= as_of and (previous is None or utc(r["resolved_at"]) > previous)]
-    if previous is None:
-        resolved = []  # nothing to compare with
+           and r["first_seen_at"] > previous]  # DuckDB hands back aware timestamps
+    resolved = [r for r in exceptions if r["status"] == "resolved"]  # since the previous report
     locations = _drift_by_location(con)
     alignment, overall_rate = _alignment(con, as_of)
     feeds = _feeds(con, as_of)
@@ -553,11 +550,11 @@ def write_reports(
     result: dict[str, Any] = {"dir": str(run_dir), "as_of": iso_z(as_of),
                               "previous_as_of": iso_z(previous) if previous else None, "planners": {}}
     summary = []
+    by_planner = {name: _group(rows) for name, rows in
+                  (("open", opened), ("new", new), ("resolved", resolved), ("locations", locations))}
     for code in planners:
-        mine = [r for r in opened if r["planner_code"] == code]
-        mine_new = [r for r in new if r["planner_code"] == code]
-        mine_resolved = [r for r in resolved if r["planner_code"] == code]
-        mine_locs = [r for r in locations if r["planner_code"] == code]
+        mine, mine_new, mine_resolved, mine_locs = (by_planner[k].get(code, []) for k in
+                                                    ("open", "new", "resolved", "locations"))
         align = alignment.get(code)
         stem = stems[code]
         page = env.get_template("planner.html").render(
@@ -566,7 +563,7 @@ def write_reports(
             location_totals=_totals(mine_locs), alignment=align,
         )
         html_path, csv_path = run_dir / f"{stem}.html", run_dir / f"{stem}.csv"
-        write_atomic(html_path, page.encode("utf-8"))
+        write_atomic(html_path, page.encode("utf-8"), fsync=False)
         _write_csv(csv_path, mine)
         counts = _counts(mine)
         summary.append({"planner": code, "href": f"{stem}.html", "csv": f"{stem}.csv", "counts": counts,
@@ -582,11 +579,19 @@ def write_reports(
         alignment_totals=_alignment_totals(alignment),
     )
     index_path = run_dir / "index.html"
-    write_atomic(index_path, index.encode("utf-8"))
+    write_atomic(index_path, index.encode("utf-8"), fsync=False)
     _remember(state_file, as_of)
     result.update(index=str(index_path), open=len(opened), new=len(new), resolved=len(resolved),
                   alignment_rate=overall_rate)
     return result
+
+
+def _group(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Rows per planner code, order kept."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        out.setdefault(r["planner_code"], []).append(r)
+    return out
 
 
 def _alignment_totals(alignment: dict[str, dict[str, Any]]) -> dict[str, int]:

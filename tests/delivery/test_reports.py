@@ -233,3 +233,11 @@ def test_breakable_escapes_and_adds_only_line_breaks():
     assert str(breakable("erp/<b>_x")) == "erp/<wbr>&lt;b&gt;_<wbr>x"
     assert str(breakable("due 2026-11-18.")) == 'due <span class="nowrap">2026-11-18</span>.'
 
+
+
+def test_long_lists_are_cut_on_the_page_not_in_the_csv(world, tmp_path):
+    add_report_data(world)
+    out = write_reports(world.con, tmp_path, AS_OF, previous_as_of=PREVIOUS, max_rows=1)
+    page = Page(Path(out["planners"]["P01"]["html"]).read_text()).all_text
+    assert "Showing the first 1 of 3; the CSV file has all of them." in page
+    assert len(read_csv(out["planners"]["P01"]["csv"])) == 3
