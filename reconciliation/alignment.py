@@ -76,7 +76,7 @@ def _base_sql(h: int) -> str:
     return f"""
     WITH
     il AS (
-        SELECT CAST(row_number() OVER () AS BIGINT) AS rid, item_id, location_id,
+        SELECT item_id, location_id,
                coalesce(nullif(trim(planner_code), ''), 'UNASSIGNED') AS planner_code,
                lead_time_days,
                CAST(ceil(coalesce(lead_time_days, 0) / 7.0) AS INTEGER) AS lead_time_weeks,
@@ -197,15 +197,14 @@ FROM (
                 THEN projected_end - excess_threshold ELSE 0 END AS excess_qty,
            CASE WHEN demand_horizon > 0 THEN (on_hand + supply_horizon) / demand_horizon END AS coverage_ratio
     FROM (
-        SELECT b.item_id, b.location_id, b.planner_code, b.on_hand, b.safety_stock, b.lead_time_weeks,
-               b.lead_time_days, b.order_multiple, b.base_uom, b.has_forecast, b.forecast_version,
-               b.late_supply_qty,
-               b.last_supply_week,
-               coalesce(b.last_supply_week >= b.lead_time_weeks, false) AS open_line_after_lead_time,
-               c.demand_horizon, c.supply_horizon, c.demand_horizon / $h AS avg_weekly_demand,
-               c.projected_end, b.safety_stock + $excess_weeks * c.demand_horizon / $h AS excess_threshold,
-               c.first_shortage_week, c.shortage_qty, c.proposal_qty, c.proposal_count, c.first_proposal_week
-        FROM _align_base b JOIN _align_calc c USING (rid)
+        SELECT item_id, location_id, planner_code, on_hand, safety_stock, lead_time_weeks,
+               lead_time_days, order_multiple, base_uom, has_forecast, forecast_version,
+               late_supply_qty, last_supply_week,
+               coalesce(last_supply_week >= lead_time_weeks, false) AS open_line_after_lead_time,
+               demand_horizon, supply_horizon, demand_horizon / $h AS avg_weekly_demand,
+               projected_end, safety_stock + $excess_weeks * demand_horizon / $h AS excess_threshold,
+               first_shortage_week, shortage_qty, proposal_qty, proposal_count, first_proposal_week
+        FROM _align_calc
     )
 )
 """
@@ -227,53 +226,46 @@ def build_forecast_order_alignment(
     eps = float(settings.match_epsilon)
     w0 = clock.week0_start
     ensure_marts(con)
-    # Everything is computed before the write transaction (temp table, polars frames):
-    # DuckDB scans data written in the same transaction single-threaded.
-    con.execute(
-        f"CREATE OR REPLACE TEMP TABLE _align_base AS {_base_sql(h)}",
-        {"w0": w0, "wend": w0 + timedelta(days=7 * h), "eps": eps},
+    # Everything is computed before the write transaction (polars frames registered as
+    # views): the base row per item-location goes straight from DuckDB to polars (no temp
+    # table to write), the weekly arithmetic runs there, and the marts are written from it.
+    base = con.execute(_base_sql(h), {"w0": w0, "wend": w0 + timedelta(days=7 * h), "eps": eps}).pl()
+    calc = netting(base, h, eps)
+    attrs = ["item_id", "location_id", "planner_code", "base_uom", "matnr", "forecast_version",
+             "safety_stock", "order_multiple"]
+    proposals = pl.concat(
+        [
+            calc.filter(pl.col(f"pr{w}") > eps).select(
+                *attrs,
+                pl.lit(w, pl.Int32).alias("week"),
+                pl.col(f"pr{w}").alias("quantity"),
+                (pl.col(f"p{w}") + pl.col(f"q{w}") - pl.col(f"pr{w}")).alias("projected_before"),
+            )
+            for w in range(h)
+        ]
     )
+    # week-major: each week's columns are views on calc's buffers (no copy per week)
+    weeks = pl.concat(
+        [
+            calc.select(
+                "item_id",
+                "location_id",
+                pl.lit(w, pl.Int32).alias("week"),
+                pl.col(f"d{w}").alias("demand"),
+                pl.col(f"s{w}").alias("supply"),
+                pl.col(f"p{w}").alias("projected"),
+                (pl.col(f"p{w}") + pl.col(f"q{w}")).alias("projected_with_proposals"),
+                pl.when(pl.col(f"pr{w}") > eps).then(pl.col(f"pr{w}")).otherwise(0.0).alias("proposal"),
+            )
+            for w in range(h)
+        ],
+        rechunk=False,
+    ) if write_projection else None
+    views = {"_align_calc": calc, "_align_proposals": proposals, "_align_weeks": weeks}
     try:
-        needed = ["rid", "item_id", "location_id", "on_hand", "safety_stock", "lead_time_weeks", "order_multiple"]
-        weekly = [f"d{w}" for w in range(h)] + [f"s{w}" for w in range(h)]
-        calc = netting(con.execute(f"SELECT {', '.join(needed + weekly)} FROM _align_base").pl(), h, eps)
-        summary = calc.select(
-            "rid", "first_shortage_week", "shortage_qty", "proposal_qty", "proposal_count", "first_proposal_week",
-            "demand_horizon", "supply_horizon", "projected_end",
-        )
-        proposals = pl.concat(
-            [
-                calc.filter(pl.col(f"pr{w}") > eps).select(
-                    "rid",
-                    pl.lit(w, pl.Int32).alias("week"),
-                    pl.col(f"pr{w}").alias("quantity"),
-                    (pl.col(f"p{w}") + pl.col(f"q{w}") - pl.col(f"pr{w}")).alias("projected_before"),
-                )
-                for w in range(h)
-            ]
-        )
-        # the projection's keys come along from polars (string views, no copy per week):
-        # cheaper than joining 16 rows per item-location back to _align_base
-        weeks = pl.concat(
-            [
-                calc.select(
-                    "item_id",
-                    "location_id",
-                    pl.lit(w, pl.Int32).alias("week"),
-                    pl.col(f"d{w}").alias("demand"),
-                    pl.col(f"s{w}").alias("supply"),
-                    pl.col(f"p{w}").alias("projected"),
-                    (pl.col(f"p{w}") + pl.col(f"q{w}")).alias("projected_with_proposals"),
-                    pl.when(pl.col(f"pr{w}") > eps).then(pl.col(f"pr{w}")).otherwise(0.0).alias("proposal"),
-                )
-                for w in range(h)
-            ],
-            rechunk=False,
-        ) if write_projection else None
-        con.register("_align_calc", summary)
-        con.register("_align_proposals", proposals)
-        if weeks is not None:
-            con.register("_align_weeks", weeks)
+        for name, frame in views.items():
+            if frame is not None:
+                con.register(name, frame)
         with transaction(con):
             replace_table(con, "marts.forecast_order_alignment")
             con.execute(
@@ -286,11 +278,11 @@ def build_forecast_order_alignment(
             replace_table(con, "marts.replenishment_proposal")
             con.execute(
                 """INSERT INTO marts.replenishment_proposal BY NAME
-                   SELECT b.item_id, b.location_id, b.planner_code, p.week,
-                          $w0::DATE + CAST(7 * p.week AS INTEGER) AS need_date,
-                          p.quantity, b.base_uom, b.matnr, b.forecast_version, $as_of::TIMESTAMPTZ AS run_as_of,
-                          p.projected_before, b.safety_stock, b.order_multiple
-                   FROM _align_proposals p JOIN _align_base b USING (rid)""",
+                   SELECT item_id, location_id, planner_code, week,
+                          $w0::DATE + CAST(7 * week AS INTEGER) AS need_date,
+                          quantity, base_uom, matnr, forecast_version, $as_of::TIMESTAMPTZ AS run_as_of,
+                          projected_before, safety_stock, order_multiple
+                   FROM _align_proposals""",
                 {"as_of": clock.as_of, "w0": w0},
             )
             replace_table(con, "marts.projection")
@@ -304,12 +296,12 @@ def build_forecast_order_alignment(
                     {"as_of": clock.as_of, "w0": w0},
                 )
     finally:
-        for view in ("_align_calc", "_align_proposals", "_align_weeks"):
-            try:
-                con.unregister(view)
-            except Exception:  # never registered (failure before)
-                pass
-        con.execute("DROP TABLE IF EXISTS _align_base")
+        for name, frame in views.items():
+            if frame is not None:
+                try:
+                    con.unregister(name)
+                except Exception:  # registration failed earlier
+                    pass
     return alignment_metadata(con)
 
 

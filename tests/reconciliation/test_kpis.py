@@ -59,3 +59,12 @@ def test_extra_kpis_must_be_numbers(db, settings):
 def test_empty_warehouse_gives_null_rates(db, settings):
     meta = build_kpis(db.con, settings, db.AS_OF)
     assert meta["drift_rate"] is None and meta["alignment_rate"] is None and meta["open_exceptions"] == 0
+
+
+def test_every_builder_runs_on_an_empty_warehouse(db, settings):
+    from reconciliation import build_exceptions, build_forecast_order_alignment, build_inventory_drift
+
+    assert build_inventory_drift(db.con, settings, db.AS_OF)["item_locations"] == 0
+    assert build_forecast_order_alignment(db.con, settings, db.AS_OF)["item_locations"] == 0
+    assert build_exceptions(db.con, settings, db.AS_OF)["open_exceptions"] == 0
+    assert build_kpis(db.con, settings, db.AS_OF)["open_exceptions"] == 0
