@@ -385,13 +385,12 @@ def _merge(con: duckdb.DuckDBPyConnection, as_of: datetime) -> None:
         """
         UPDATE marts.exceptions e
         SET severity = c.severity, item_id = c.item_id, location_id = c.location_id, reference = c.reference,
-            planner_code = c.planner_code, details = c.details, exception_key = c.exception_key
+            planner_code = c.planner_code, details = c.details
         FROM _exc_candidates c, _exc_actions a
         WHERE c.exception_id = e.exception_id AND a.exception_id = e.exception_id AND a.action = 'seen'
           AND (e.severity IS DISTINCT FROM c.severity OR e.item_id IS DISTINCT FROM c.item_id
                OR e.location_id IS DISTINCT FROM c.location_id OR e.reference IS DISTINCT FROM c.reference
-               OR e.planner_code IS DISTINCT FROM c.planner_code OR e.details IS DISTINCT FROM c.details
-               OR e.exception_key IS DISTINCT FROM c.exception_key)
+               OR e.planner_code IS DISTINCT FROM c.planner_code OR e.details IS DISTINCT FROM c.details)
         """
     )
     con.execute(
@@ -399,8 +398,7 @@ def _merge(con: duckdb.DuckDBPyConnection, as_of: datetime) -> None:
         UPDATE marts.exceptions e
         SET status = 'open', severity = c.severity, item_id = c.item_id, location_id = c.location_id,
             reference = c.reference, planner_code = c.planner_code, details = c.details,
-            exception_key = c.exception_key, first_seen_at = $as_of, last_seen_at = $as_of, resolved_at = NULL,
-            times_reopened = coalesce(e.times_reopened, 0) + 1, age_days = 0
+            first_seen_at = $as_of, last_seen_at = $as_of, resolved_at = NULL, age_days = 0
         FROM _exc_candidates c, _exc_actions a
         WHERE c.exception_id = e.exception_id AND a.exception_id = e.exception_id AND a.action = 'reopened'
         """,
@@ -412,7 +410,7 @@ def _merge(con: duckdb.DuckDBPyConnection, as_of: datetime) -> None:
         SELECT c.exception_id, c.exception_type, c.severity, 'open' AS status, c.item_id, c.location_id,
                c.reference, c.planner_code, c.details,
                $as_of::TIMESTAMPTZ AS first_seen_at, $as_of::TIMESTAMPTZ AS last_seen_at,
-               NULL::TIMESTAMPTZ AS resolved_at, 0 AS age_days, c.exception_key, 0 AS times_reopened
+               NULL::TIMESTAMPTZ AS resolved_at, 0 AS age_days
         FROM _exc_candidates c JOIN _exc_actions a USING (exception_id)
         WHERE a.action = 'opened'
         """,

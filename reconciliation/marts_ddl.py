@@ -84,10 +84,7 @@ EXCEPTIONS_COLUMNS = """
     item_id VARCHAR, location_id VARCHAR, reference VARCHAR, planner_code VARCHAR,
     details VARCHAR,               -- JSON text
     first_seen_at TIMESTAMPTZ, last_seen_at TIMESTAMPTZ, resolved_at TIMESTAMPTZ,
-    age_days INTEGER,
-    -- context
-    exception_key VARCHAR,         -- the natural key the id hashes (type excluded)
-    times_reopened INTEGER
+    age_days INTEGER
 """
 
 EXCEPTION_EVENTS_COLUMNS = """
