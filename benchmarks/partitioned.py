@@ -36,6 +36,7 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import queue
 import resource
 import sys
 import tempfile
@@ -132,7 +133,7 @@ def partitioned_assets(group_names: list[str]):
 
     parts = dg.StaticPartitionsDefinition(group_names)
 
-    def body(kind: str, context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    def body(kind: str, context):
         cfg = json.loads(Path(os.environ[CONFIG_ENV]).read_text())
         from contracts.settings import Settings
         from reconciliation import build_forecast_order_alignment, build_inventory_drift
@@ -154,12 +155,12 @@ def partitioned_assets(group_names: list[str]):
                                               "process": dg.MetadataValue.json(_self_usage())})
 
     @dg.asset(key=["bench", "inventory_drift"], partitions_def=parts)
-    def inventory_drift(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    def inventory_drift(context):
         return body("drift", context)
 
     # one DuckDB file per group: alignment after drift in the same run (no second writer)
     @dg.asset(key=["bench", "forecast_order_alignment"], partitions_def=parts, deps=[inventory_drift])
-    def forecast_order_alignment(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    def forecast_order_alignment(context):
         return body("alignment", context)
 
     return [inventory_drift, forecast_order_alignment]
@@ -171,10 +172,26 @@ def worker_dagster_partition(group: str, cfg_path: str, q) -> None:
     import dagster as dg
 
     cfg = json.loads(Path(cfg_path).read_text())
-    result = dg.materialize(partitioned_assets(sorted(cfg["groups"])), partition_key=group,
-                            instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
-    q.put({"pid": os.getpid(), "groups": [{"group": group, "success": result.success}],
-           "wall_in_process_s": round(time.perf_counter() - t0, 3), **_self_usage()})
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = dg.materialize(partitioned_assets(sorted(cfg["groups"])), partition_key=group,
+                                instance=instance, raise_on_error=False)
+        steps = _steps_of(instance, result)
+    q.put({"pid": os.getpid(), "groups": [{**s, "asset": f"{s['asset']} [{group}]"} for s in steps],
+           "success": result.success, "wall_in_process_s": round(time.perf_counter() - t0, 3), **_self_usage()})
+
+
+def _steps_of(instance, result) -> list[dict]:
+    """Per step: wall (run step stats) and the step process's usage reported in metadata."""
+    stats = {s.step_key: round((s.end_time or 0) - (s.start_time or 0), 3)
+             for s in instance.get_run_step_stats(result.run_id)}
+    steps = []
+    for ev in result.all_events:
+        if ev.event_type_value == "ASSET_MATERIALIZATION":
+            mat = ev.step_materialization_data.materialization
+            proc = mat.metadata.get("process")
+            steps.append({"asset": "/".join(mat.asset_key.path), "step_wall_s": stats.get(ev.step_key),
+                          **({"step_process": proc.value} if proc is not None else {})})
+    return steps
 
 
 # --- Dagster: one run, multiprocess executor, per-group assets -------------------------------
@@ -188,7 +205,7 @@ def multiprocess_job():
     for group in sorted(cfg["groups"]):
         def make(group: str):
             @dg.asset(key=[f"group_{group}", "inventory_drift"])
-            def drift() -> dg.MaterializeResult:
+            def drift():
                 from contracts.settings import Settings
                 from reconciliation import build_inventory_drift
 
@@ -204,7 +221,7 @@ def multiprocess_job():
                                                       "process": dg.MetadataValue.json(_self_usage())})
 
             @dg.asset(key=[f"group_{group}", "forecast_order_alignment"], deps=[drift])
-            def alignment() -> dg.MaterializeResult:
+            def alignment():
                 import duckdb
                 from contracts.settings import Settings
                 from reconciliation import build_forecast_order_alignment
@@ -223,8 +240,9 @@ def multiprocess_job():
             return [drift, alignment]
 
         assets += make(group)
-    defs = dg.Definitions(assets=assets, executor=dg.multiprocess_executor)
-    return defs.resolve_implicit_global_asset_job_def()
+    job = dg.define_asset_job("bench_location_groups", selection=dg.AssetSelection.all(),
+                              executor_def=dg.multiprocess_executor)
+    return dg.Definitions(assets=assets, jobs=[job]).get_job_def("bench_location_groups")
 
 
 def worker_dagster_multiprocess(cfg_path: str, q) -> None:
@@ -235,19 +253,9 @@ def worker_dagster_multiprocess(cfg_path: str, q) -> None:
     with tempfile.TemporaryDirectory(prefix="distsync-bench-dagster-") as home:
         with dg.DagsterInstance.local_temp(tempdir=home) as instance:
             result = dg.execute_job(dg.reconstructable(multiprocess_job), instance=instance,
-                                    run_config={"execution": {"config": {"max_concurrent": 2}}})
-            steps = []
-            for ev in result.all_events:
-                if ev.event_type_value == "ASSET_MATERIALIZATION":
-                    mat = ev.step_materialization_data.materialization
-                    proc = mat.metadata.get("process")
-                    steps.append({"asset": "/".join(mat.asset_key.path),
-                                  **(proc.value if proc is not None else {})})
-            stats = {s.step_key: round((s.end_time or 0) - (s.start_time or 0), 3)
-                     for s in instance.get_run_step_stats(result.run_id)}
-            for s in steps:
-                key = s["asset"].replace("/", "__")
-                s["step_wall_s"] = stats.get(key)
+                                    run_config={"execution": {"config": {"max_concurrent": 2}},
+                                                "loggers": {"console": {"config": {"log_level": "WARNING"}}}})
+            steps = _steps_of(instance, result)
             success = result.success
     ch = resource.getrusage(resource.RUSAGE_CHILDREN)
     q.put({"pid": os.getpid(), "groups": steps, "success": success,
@@ -265,11 +273,17 @@ def run_variant(label: str, targets: list[tuple]) -> dict:
     procs = [ctx.Process(target=fn, args=(*a, q)) for fn, a in targets]
     for p in procs:
         p.start()
-    results = [q.get() for _ in procs]
+    results = []
+    while len(results) < len(procs):
+        try:
+            results.append(q.get(timeout=1.0))
+        except queue.Empty:
+            if not any(p.is_alive() for p in procs) and q.empty():
+                break  # a child died without reporting
     for p in procs:
         p.join()
     wall = time.perf_counter() - t0
-    failed = [p.exitcode for p in procs if p.exitcode]
+    failed = [p.exitcode for p in procs if p.exitcode] + [r for r in results if r.get("success") is False]
     cpu = sum(r["cpu_s"] + r.get("children_cpu_s", 0) for r in results)
     peak_sum = sum(r["peak_rss_mib"] for r in results)
     return {"variant": label, "wall_s": round(wall, 3), "cpu_s": round(cpu, 3),
@@ -299,7 +313,12 @@ def markdown(res: dict) -> str:
                           if "asset" in g and "drift" in g["asset"])
             a = "; ".join(f"{g['asset']} {g.get('step_wall_s')}" for p in v["processes"] for g in p["groups"]
                           if "asset" in g and "alignment" in g["asset"])
-        peaks = ", ".join(f"{x:.0f}" for x in v["peak_rss_mib_per_process"])
+        step_peaks = [g["step_process"]["peak_rss_mib"] for p in v["processes"] for g in p["groups"]
+                      if "step_process" in g and "children_cpu_s" in p]
+        peaks = ", ".join(f"{x:.0f}" for x in (v["peak_rss_mib_per_process"][:1] + step_peaks if step_peaks
+                                               else v["peak_rss_mib_per_process"]))
+        if step_peaks:
+            peaks += " (run process, then each step process)"
         lines.append(f"| {v['variant']}{' (FAILED)' if v['failed'] else ''} | {v['wall_s']:.2f} | {v['cpu_s']:.2f} | "
                      f"{peaks} | {d} | {a} |")
     lines += ["", f"Groups: {res['groups']}; parts add up to the whole: {res['consistent']}. Load before: "
