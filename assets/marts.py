@@ -9,7 +9,7 @@ thresholds); the effective settings are echoed on the drift asset.
 import dagster as dg
 
 from contracts.outgoing import check_mart
-from contracts.warehouse import export_to_lake
+from contracts.warehouse import export_run, export_to_lake
 from pipelines.resources import DistsyncResource
 from reconciliation import build_exceptions, build_forecast_order_alignment, build_inventory_drift, build_kpis
 from reconciliation.alignment import alignment_metadata
@@ -67,6 +67,8 @@ def inventory_drift(context: dg.AssetExecutionContext, distsync: DistsyncResourc
         out = build_inventory_drift(con, settings, as_of)
         contract = check_mart(con, "marts.inventory_drift")
         _export(distsync, con, "marts.inventory_drift")
+        # the history grows by one run each time: one Parquet file per run, written once
+        export_run(con, "marts.inventory_drift_history", str(distsync.lake_path()), as_of)
     rate, value = out.get("drift_rate") or 0.0, out.get("drift_value_total") or 0.0
     return dg.MaterializeResult(
         metadata={**_meta(out), "dagster/row_count": out["item_locations"], "as_of": as_of.isoformat(),
@@ -93,7 +95,9 @@ def inventory_drift(context: dg.AssetExecutionContext, distsync: DistsyncResourc
 )
 def forecast_order_alignment(context: dg.AssetExecutionContext, distsync: DistsyncResource) -> dg.MaterializeResult:
     settings, as_of = distsync.load_settings(), distsync.resolve_as_of(context)
-    tables = ["marts.forecast_order_alignment", "marts.replenishment_proposal", "marts.projection"]
+    # marts.projection (16 rows per item-location) keeps the run_as_of that computed it:
+    # restamping it on every skipped run would cost more than the skip saves
+    tables = ["marts.forecast_order_alignment", "marts.replenishment_proposal"]
     with distsync.connect() as con:
         # the rules depend on the run date (week 0), not on the time of day
         fp = input_fingerprint(con, ALIGNMENT_INPUTS, settings, as_of.date().isoformat())
@@ -131,7 +135,7 @@ def kpis(context: dg.AssetExecutionContext, distsync: DistsyncResource) -> dg.Ma
     settings, as_of = distsync.load_settings(), distsync.resolve_as_of(context)
     with distsync.connect() as con:
         out = build_kpis(con, settings, as_of)
-        _export(distsync, con, "marts.kpis", "marts.inventory_drift_history")
+        _export(distsync, con, "marts.kpis")
     return dg.MaterializeResult(metadata=_meta(out))
 
 

@@ -213,6 +213,22 @@ def export_to_lake(con: duckdb.DuckDBPyConnection, qualified: str, lake_dir: str
     return final
 
 
+def export_run(con: duckdb.DuckDBPyConnection, qualified: str, lake_dir: str, run_as_of) -> str:
+    """Write one run's rows of an append-only table as
+    ``<lake>/<schema>/<table>/run_as_of=<UTC timestamp>.parquet`` (replaced atomically)."""
+    import os
+
+    schema, table = qualified.split(".")
+    folder = os.path.join(lake_dir, schema, table)
+    os.makedirs(folder, exist_ok=True)
+    final = os.path.join(folder, f"run_as_of={run_as_of.strftime('%Y%m%dT%H%M%SZ')}.parquet")
+    tmp = final + ".tmp"
+    con.execute(f"COPY (SELECT * FROM {qualified} WHERE run_as_of = $r) TO '{tmp}' (FORMAT parquet, COMPRESSION zstd)",
+                {"r": run_as_of})
+    os.replace(tmp, final)
+    return final
+
+
 _TEMP_LAKES: dict[int, str] = {}
 
 
