@@ -11,6 +11,7 @@ the line; Parquet: the row).
 
 from __future__ import annotations
 
+import codecs
 import io
 
 import polars as pl
@@ -37,6 +38,8 @@ PARQUET_TYPES = {
 def read_feed_file(feed: Feed, data: bytes) -> pl.DataFrame:
     if len(data) == 0:
         raise FileRejected("empty file (0 bytes)")
+    if feed.fmt != "parquet" and data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8):]  # a UTF-8 byte-order mark is not part of the header
     if feed.fmt == "csv":
         return _read_csv(feed, data)
     if feed.fmt == "jsonl":
@@ -44,16 +47,22 @@ def read_feed_file(feed: Feed, data: bytes) -> pl.DataFrame:
     return _read_parquet(feed, data)
 
 
-def _utf8(data: bytes) -> str:
+def _check_utf8(data: bytes) -> None:
+    """Raise the precise 'not UTF-8' reason (only called once a parser has failed, so a
+    good file is never decoded a second time in Python)."""
     try:
-        return data.decode("utf-8")
+        codecs.getincrementaldecoder("utf-8")().decode(data, final=True)
     except UnicodeDecodeError as exc:
         raise FileRejected(f"not UTF-8 (invalid byte at offset {exc.start})") from None
 
 
 def _read_csv(feed: Feed, data: bytes) -> pl.DataFrame:
-    text = _utf8(data)
-    first = text.split("\n", 1)[0].rstrip("\r")
+    head = data[: data.find(b"\n")] if b"\n" in data else data
+    try:
+        first = head.decode("utf-8").rstrip("\r")
+    except UnicodeDecodeError:
+        _check_utf8(data)
+        raise  # pragma: no cover - _check_utf8 raised
     if not first.strip():
         raise FileRejected("no header row")
     header = first.split("|")
@@ -72,16 +81,17 @@ def _read_csv(feed: Feed, data: bytes) -> pl.DataFrame:
             raise_if_empty=False,
         )
     except (pl.exceptions.ComputeError, pl.exceptions.NoDataError, pl.exceptions.ShapeError) as exc:
+        _check_utf8(data)
         raise FileRejected(f"unparseable CSV: {_first_line(exc)}") from None
     return df.with_row_index(ROW_NUMBER, offset=1).with_columns(pl.col(ROW_NUMBER).cast(pl.Int64))
 
 
 def _read_jsonl(feed: Feed, data: bytes) -> pl.DataFrame:
-    _utf8(data)
     schema = {c: pl.String for c in feed.columns}
     try:
         df = pl.read_ndjson(io.BytesIO(data), schema=schema, ignore_errors=False)
     except (pl.exceptions.ComputeError, pl.exceptions.SchemaError) as exc:
+        _check_utf8(data)
         raise FileRejected(f"unparseable JSON Lines: {_first_line(exc)}") from None
     if df.height == 0:
         return df.with_row_index(ROW_NUMBER, offset=1).with_columns(pl.col(ROW_NUMBER).cast(pl.Int64))

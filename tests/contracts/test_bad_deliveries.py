@@ -272,3 +272,10 @@ def test_a_file_named_like_no_feed_is_recorded_not_ignored(con, landing):
     run(con, landing)
     row = con.execute("SELECT outcome, reason FROM ingest.manifest WHERE file_path LIKE '%latest.csv'").fetchone()
     assert row[0] == "rejected" and "file name" in row[1]
+
+
+def test_a_utf8_byte_order_mark_is_not_part_of_the_header(con, landing):
+    p = kit.csv(landing, "inventory_balance", TS, balance_rows(10))
+    p.write_bytes(b"\xef\xbb\xbf" + p.read_bytes())
+    run(con, landing)
+    assert manifest(con, "inventory_balance")[0][1:5] == ("accepted", None, 10, 10)
