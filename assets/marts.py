@@ -44,6 +44,14 @@ def _contract_result(contract: dict) -> dg.AssetCheckResult:
                                    contract["sample"])})
 
 
+def _build_and_export(context, distsync: DistsyncResource, build, table: str) -> dg.MaterializeResult:
+    settings, as_of = distsync.load_settings(), distsync.resolve_as_of(context)
+    with distsync.connect() as con:
+        out = build(con, settings, as_of)
+        _export(distsync, con, table)
+    return dg.MaterializeResult(metadata=_meta(out))
+
+
 def _export(distsync: DistsyncResource, con, *tables: str) -> None:
     for t in tables:
         export_to_lake(con, t, str(distsync.lake_path()))
@@ -120,11 +128,7 @@ def forecast_order_alignment(context: dg.AssetExecutionContext, distsync: Distsy
                 "resolved, reopened). Rules: reconciliation/exceptions.py.",
 )
 def exceptions(context: dg.AssetExecutionContext, distsync: DistsyncResource) -> dg.MaterializeResult:
-    settings, as_of = distsync.load_settings(), distsync.resolve_as_of(context)
-    with distsync.connect() as con:
-        out = build_exceptions(con, settings, as_of)
-        _export(distsync, con, "marts.exceptions")
-    return dg.MaterializeResult(metadata=_meta(out))
+    return _build_and_export(context, distsync, build_exceptions, "marts.exceptions")
 
 
 @dg.asset(
@@ -132,11 +136,7 @@ def exceptions(context: dg.AssetExecutionContext, distsync: DistsyncResource) ->
     description="Run KPIs (drift rate, drift value, alignment rate, open exceptions, files rejected).",
 )
 def kpis(context: dg.AssetExecutionContext, distsync: DistsyncResource) -> dg.MaterializeResult:
-    settings, as_of = distsync.load_settings(), distsync.resolve_as_of(context)
-    with distsync.connect() as con:
-        out = build_kpis(con, settings, as_of)
-        _export(distsync, con, "marts.kpis")
-    return dg.MaterializeResult(metadata=_meta(out))
+    return _build_and_export(context, distsync, build_kpis, "marts.kpis")
 
 
 mart_assets = [inventory_drift, forecast_order_alignment, exceptions, kpis]

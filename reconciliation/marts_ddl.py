@@ -197,7 +197,7 @@ def _cell(value: Any) -> str:
         if math.isnan(value):
             return ""
         return f"{value:,.2f}"
-    return str(value).replace("|", "\\|")
+    return str(value).replace("|", "\\|").replace("\n", " ")[:200]
 
 
 def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
