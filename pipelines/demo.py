@@ -88,7 +88,7 @@ feed that stays current (degraded mode):
 * ``erp/item_location/<T-12h>``: wrong columns (``BSTRF`` missing).
 * ``planning/inventory_position/<T-1h>``: an HTML 502 error page.
 * ``wms/stock_snapshot/<T-30m>``: truncated Parquet (first 60 % of the bytes).
-* ``erp/inventory_balance/<T-1h>``: well-formed, but ~12 % of its rows are in
+* ``erp/inventory_balance/<T-4h>`` (an older extract, delivered late): well-formed, but ~12 % of its rows are in
   ``MEINS=ST`` (no conversion): more than 5 % quarantined rows, so rejected.
 
 Out-of-order arrival: the two purchase-order deltas are written newest first (their
@@ -923,13 +923,16 @@ class _Gen:
                      None, rows=0)
         self.erp_current_file = cur
 
-        # a later extract with too many rows in a unit that has no conversion: rejected
+        # an earlier extract (delivered late) with too many rows in a unit that has no
+        # conversion: rejected; being older than the current file it does not block the
+        # planning sync, so the demo shows payloads flowing
         later = inv.with_row_index("o")
         n_bad = max(2, math.ceil(0.12 * later.height))
         rb = self.rnd("inv_bad").u(later.height, "u_bad").rank("ordinal").cast(pl.Int64) - 1
         later = later.with_columns(rb.alias("bad_rank")).with_columns(
             MEINS=pl.when(pl.col("bad_rank") < n_bad).then(pl.lit("ST")).otherwise(pl.col("MEINS")))
-        rej = self.w.csv("inventory_balance", self.t_w, fmt(later, _erp_ts(self.t_w)))
+        t_rej = self.t_e - timedelta(hours=1)
+        rej = self.w.csv("inventory_balance", t_rej, fmt(later, _erp_ts(t_rej)))
         self.problem("too_many_bad_rows", f"{n_bad} of {later.height} rows in MEINS 'ST' (no conversion)", rej,
                      {"MEINS": "ST"}, f"rejected (quarantined share > 5 %); {cur} stays current", "unknown_uom",
                      rows=n_bad)

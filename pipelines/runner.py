@@ -106,7 +106,7 @@ def summary_text(resource: DistsyncResource, as_of: datetime, outcome: RunOutcom
                           "GROUP BY 1 ORDER BY 1", [as_of])
         if batches is not None:
             lines.append("  sync batches: " + (", ".join(f"{t} {n} ({int(r or 0)} records)" for t, n, r in batches)
-                                               or "none (nothing changed)"))
+                                               or "none"))
         blocked = _q(con, "SELECT payload_type, reason FROM sync.blocked WHERE run_as_of = ? ORDER BY 1", [as_of])
         for payload_type, reason in blocked or []:
             lines.append(f"  NOT SENT {payload_type}: {reason}")
