@@ -424,7 +424,11 @@ def runs_table(rep: dict) -> str:
 def profile_table(top: dict | None) -> str:
     if not top:
         return ""
-    out = ["| # | function (native calls booked on their Python caller) | file | self s |", "|---:|---|---|---:|"]
+    out = ["| # | project function (time of everything it runs below itself, other project functions "
+           "excepted) | file | s |", "|---:|---|---|---:|"]
+    for i, r in enumerate(top.get("top_project_self", [])[:11], 1):
+        out.append(f"| {i} | `{r['function']}` | {r['file']} | {r['seconds']:.2f} |")
+    out += ["", "| # | function (native calls booked on their Python caller) | file | self s |", "|---:|---|---|---:|"]
     for i, r in enumerate(top.get("top_self", [])[:10], 1):
         out.append(f"| {i} | `{r['function']}` | {r['file']} | {r['seconds']:.2f} |")
     out += ["", "| # | project function (cumulative) | file | s |", "|---:|---|---|---:|"]
@@ -488,6 +492,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out-dir", default=str(OUT), help="where report-<scale>.json/.md go")
     args = p.parse_args(argv)
 
+    if args.profile:
+        try:
+            import pyinstrument  # noqa: F401
+        except ImportError:
+            raise SystemExit("--profile needs pyinstrument in the project venv (a benchmark-only tool, not a "
+                             "project dependency): .venv/bin/pip install pyinstrument") from None
     started = time.perf_counter()
     data_dir = Path(args.data_dir or OUT / args.scale).resolve()
     out_dir = Path(args.out_dir).resolve()
