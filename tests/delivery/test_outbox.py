@@ -209,3 +209,18 @@ def test_s3_outbox_against_a_loopback_server(monkeypatch, tmp_path):
         assert sorted(p.rsplit("/", 1)[1] for p in fs.find("outbox-bucket/sync/prod")) == sorted(
             [f"{res.batch_id}.jsonl", f"{res.batch_id}.manifest.json"])
         ob.close()
+
+
+def test_mirror_from_memory_equals_mirror_read_back_from_sql(make_outbox):
+    """The mirror takes a batch this process just committed from memory; a batch committed
+    elsewhere is read back from SQL. Both must give the same DuckDB rows."""
+    ob = make_outbox()
+    ob.emit(PLANNING_INVENTORY_SYNC, synthetic(5), AS_OF)
+    fast = duckdb.connect()
+    assert ob.mirror_to_duckdb(fast) == 1
+    other = make_outbox()   # another process: nothing of that batch in memory
+    slow = duckdb.connect()
+    assert other.mirror_to_duckdb(slow) == 1
+    q = "SELECT * FROM sync.record ORDER BY idempotency_key"
+    assert fast.execute(q).fetchall() == slow.execute(q).fetchall()
+    assert fast.execute("SELECT * FROM sync.batch").fetchall() == slow.execute("SELECT * FROM sync.batch").fetchall()
