@@ -113,13 +113,8 @@ def _write_state(con, rel_path: str, size: int, signature: str, sha: str) -> Non
     )
 
 
-def _quarantine_rows(feed: Feed, parsed: pl.DataFrame, prep: Prepared, rel_path: str, sha: str) -> pl.DataFrame:
-    bad = prep.quarantine.select(ROW_NUMBER).unique()
-    raw_json = parsed.join(bad, on=ROW_NUMBER, how="semi").select(
-        ROW_NUMBER,
-        pl.struct([pl.col(c).cast(pl.String) for c in feed.columns]).struct.json_encode().alias("raw"),
-    )
-    return prep.quarantine.join(raw_json, on=ROW_NUMBER, how="left").select(
+def _quarantine_rows(feed: Feed, prep: Prepared, rel_path: str, sha: str) -> pl.DataFrame:
+    return prep.quarantine.select(
         pl.lit(rel_path).alias("file_path"), pl.lit(sha).alias("sha256"), pl.lit(feed.system).alias("system"),
         pl.lit(feed.name).alias("feed"), pl.col(ROW_NUMBER).alias("row_number"), "rule", "column", "detail",
         "raw", "code_kind", "code",
@@ -175,8 +170,9 @@ def ingest_file(con: duckdb.DuckDBPyConnection, lf: LandingFile, refs: Reference
         con.execute("COMMIT")
         return FileOutcome(lf.rel_path, feed.name, "rejected", str(exc), seconds=time.perf_counter() - started)
     del data
-
-    prep = prepare(feed, parsed, refs)
+    box = [parsed]
+    del parsed
+    prep = prepare(feed, box.pop(), refs)  # prepare releases the raw frame when done with it
     n_bad = prep.rows_quarantined
     reason = None
     if prep.rows_read == 0 and feed.is_full_snapshot:
@@ -189,8 +185,7 @@ def ingest_file(con: duckdb.DuckDBPyConnection, lf: LandingFile, refs: Reference
         if n_bad else {}
     if outcome == "accepted" and n_bad:
         reason = f"{n_bad} rows quarantined: " + ", ".join(f"{k} {v}" for k, v in sorted(rule_counts.items()))
-    quarantine = _quarantine_rows(feed, parsed, prep, lf.rel_path, sha)
-    del parsed
+    quarantine = _quarantine_rows(feed, prep, lf.rel_path, sha)
     rows_accepted = prep.staged.height if outcome == "accepted" else 0
     if outcome == "accepted":
         # written before the manifest row that makes it count; a crash in between leaves

@@ -61,7 +61,7 @@ class References:
 @dataclass
 class Prepared:
     staged: pl.DataFrame          # accepted rows, staging shape, with _row_number
-    quarantine: pl.DataFrame      # QUARANTINE_SCHEMA (+ raw JSON added by the caller)
+    quarantine: pl.DataFrame      # QUARANTINE_SCHEMA + raw (the row's values as JSON text)
     rows_read: int
     rows_duplicate: int           # exact duplicates collapsed
     conflicts: pl.DataFrame       # item_id, location_id, natural_key (JSON)
@@ -302,6 +302,8 @@ def _conflict_item_locations(feed: Feed, conflict: pl.DataFrame, refs: Reference
 
 
 def prepare(feed: Feed, df: pl.DataFrame, refs: References) -> Prepared:
+    """Check and map one parsed file. The caller should hand ``df`` over (keep no other
+    reference to it): it is released as soon as only the typed rows are needed."""
     rows_read = df.height
     kept, n_dup, conflict = _duplicates(feed, df)
     parts: list[pl.DataFrame] = []
@@ -330,11 +332,20 @@ def prepare(feed: Feed, df: pl.DataFrame, refs: References) -> Prepared:
     quarantine = (pl.concat([p.cast(QUARANTINE_SCHEMA) for p in parts]) if parts
                   else pl.DataFrame(schema=QUARANTINE_SCHEMA))
     bad_rows = quarantine.select(ROW_NUMBER).unique()
+    # the raw values of the quarantined rows, as JSON text (only those rows are encoded)
+    raw_json = df.join(bad_rows, on=ROW_NUMBER, how="semi").select(
+        ROW_NUMBER, pl.struct([pl.col(c).cast(pl.String) for c in feed.columns]).struct.json_encode().alias("raw"))
+    quarantine = quarantine.join(raw_json, on=ROW_NUMBER, how="left")
+    conflicts = _conflict_item_locations(feed, conflict, refs)
+    # the raw text frame is no longer needed: free it before the typed copy is made
+    # (the caller hands it over; on a 10M-row file this is gigabytes)
+    del df, kept, conflict
     accepted = joined.join(bad_rows, on=ROW_NUMBER, how="anti") if bad_rows.height else joined
+    del joined
     return Prepared(
         staged=_shape(feed, accepted),
         quarantine=quarantine,
         rows_read=rows_read,
         rows_duplicate=n_dup,
-        conflicts=_conflict_item_locations(feed, conflict, refs),
+        conflicts=conflicts,
     )
