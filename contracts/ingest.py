@@ -104,6 +104,15 @@ def _write_manifest(con, *, rel_path, system, feed, extract_ts, sha, size, outco
     )
 
 
+def _hash_file(path: str, chunk: int = 8 << 20) -> tuple[str, int]:
+    h, size = hashlib.sha256(), 0
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+            size += len(block)
+    return h.hexdigest(), size
+
+
 def _write_state(con, rel_path: str, size: int, signature: str, sha: str) -> None:
     con.execute(
         """INSERT INTO ingest.file_state VALUES (?, ?, ?, ?)
@@ -148,16 +157,22 @@ def ingest_file(con: duckdb.DuckDBPyConnection, lf: LandingFile, refs: Reference
     state = _state(con, lf.rel_path)
     if state is not None and state[0] == lf.signature:
         return None
-    data = landing_mod.read_bytes(lf.uri) if data is None else data
-    sha = hashlib.sha256(data).hexdigest()
+    if data is None and not lf.uri.startswith("s3://"):
+        # a local file: hashed in one streaming pass, then parsed by the library straight
+        # from the file (never held in memory as bytes)
+        sha, size = _hash_file(lf.uri)
+        data = lf.uri
+    else:
+        data = landing_mod.read_bytes(lf.uri) if data is None else data
+        sha, size = hashlib.sha256(data).hexdigest(), len(data)
     common = dict(rel_path=lf.rel_path, system=feed.system, feed=feed.name, extract_ts=lf.extract_ts,
-                  sha=sha, size=len(data), as_of=as_of, uri=lf.uri)
+                  sha=sha, size=size, as_of=as_of, uri=lf.uri)
     latest = _latest_version(con, lf.rel_path)
     if latest is not None and latest[0] == sha:
         con.execute("BEGIN TRANSACTION")
         reason = f"identical re-delivery of the version ingested at {latest[2].isoformat()}"
         _write_manifest(con, **common, outcome="duplicate", reason=reason)
-        _write_state(con, lf.rel_path, len(data), lf.signature, sha)
+        _write_state(con, lf.rel_path, size, lf.signature, sha)
         con.execute("COMMIT")
         return FileOutcome(lf.rel_path, feed.name, "duplicate", reason, seconds=time.perf_counter() - started)
 
@@ -166,7 +181,7 @@ def ingest_file(con: duckdb.DuckDBPyConnection, lf: LandingFile, refs: Reference
     except FileRejected as exc:
         con.execute("BEGIN TRANSACTION")
         _write_manifest(con, **common, outcome="rejected", reason=str(exc))
-        _write_state(con, lf.rel_path, len(data), lf.signature, sha)
+        _write_state(con, lf.rel_path, size, lf.signature, sha)
         con.execute("COMMIT")
         return FileOutcome(lf.rel_path, feed.name, "rejected", str(exc), seconds=time.perf_counter() - started)
     del data

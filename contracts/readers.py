@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import codecs
 import io
+import os
 
 import polars as pl
 import pyarrow as pa
@@ -35,10 +36,23 @@ PARQUET_TYPES = {
 }
 
 
-def read_feed_file(feed: Feed, data: bytes) -> pl.DataFrame:
-    if len(data) == 0:
+def read_feed_file(feed: Feed, data: bytes | str | os.PathLike) -> pl.DataFrame:
+    """Parse a file given as its bytes or as a local path (a path is parsed by the
+    library straight from the file, so a large file is never held in memory twice)."""
+    if not isinstance(data, bytes):
+        path = os.fspath(data)
+        if os.path.getsize(path) == 0:
+            raise FileRejected("empty file (0 bytes)")
+        with open(path, "rb") as fh:
+            head = fh.read(len(codecs.BOM_UTF8))
+        if feed.fmt != "parquet" and head == codecs.BOM_UTF8:
+            with open(path, "rb") as fh:   # rare: strip the mark in memory
+                data = fh.read()
+        else:
+            data = path
+    if isinstance(data, bytes) and len(data) == 0:
         raise FileRejected("empty file (0 bytes)")
-    if feed.fmt != "parquet" and data.startswith(codecs.BOM_UTF8):
+    if isinstance(data, bytes) and feed.fmt != "parquet" and data.startswith(codecs.BOM_UTF8):
         data = data[len(codecs.BOM_UTF8):]  # a UTF-8 byte-order mark is not part of the header
     if feed.fmt == "csv":
         return _read_csv(feed, data)
@@ -47,17 +61,28 @@ def read_feed_file(feed: Feed, data: bytes) -> pl.DataFrame:
     return _read_parquet(feed, data)
 
 
-def _check_utf8(data: bytes) -> None:
+def _source(data: bytes | str):
+    return io.BytesIO(data) if isinstance(data, bytes) else data
+
+
+def _check_utf8(data: bytes | str) -> None:
     """Raise the precise 'not UTF-8' reason (only called once a parser has failed, so a
     good file is never decoded a second time in Python)."""
+    if not isinstance(data, bytes):
+        with open(data, "rb") as fh:
+            data = fh.read()
     try:
         codecs.getincrementaldecoder("utf-8")().decode(data, final=True)
     except UnicodeDecodeError as exc:
         raise FileRejected(f"not UTF-8 (invalid byte at offset {exc.start})") from None
 
 
-def _read_csv(feed: Feed, data: bytes) -> pl.DataFrame:
-    head = data[: data.find(b"\n")] if b"\n" in data else data
+def _read_csv(feed: Feed, data: bytes | str) -> pl.DataFrame:
+    if isinstance(data, bytes):
+        head = data[: data.find(b"\n")] if b"\n" in data else data
+    else:
+        with open(data, "rb") as fh:
+            head = fh.readline().rstrip(b"\n")
     try:
         first = head.decode("utf-8").rstrip("\r")
     except UnicodeDecodeError:
@@ -73,7 +98,7 @@ def _read_csv(feed: Feed, data: bytes) -> pl.DataFrame:
         raise FileRejected(f"wrong columns: header {header} != expected {list(feed.columns)}")
     try:
         df = pl.read_csv(
-            io.BytesIO(data),
+            _source(data),
             separator="|",
             quote_char='"',
             infer_schema=False,          # every column as text; the contract parses values
@@ -86,10 +111,10 @@ def _read_csv(feed: Feed, data: bytes) -> pl.DataFrame:
     return df.with_row_index(ROW_NUMBER, offset=1).with_columns(pl.col(ROW_NUMBER).cast(pl.Int64))
 
 
-def _read_jsonl(feed: Feed, data: bytes) -> pl.DataFrame:
+def _read_jsonl(feed: Feed, data: bytes | str) -> pl.DataFrame:
     schema = {c: pl.String for c in feed.columns}
     try:
-        df = pl.read_ndjson(io.BytesIO(data), schema=schema, ignore_errors=False)
+        df = pl.read_ndjson(_source(data), schema=schema, ignore_errors=False)
     except (pl.exceptions.ComputeError, pl.exceptions.SchemaError) as exc:
         _check_utf8(data)
         raise FileRejected(f"unparseable JSON Lines: {_first_line(exc)}") from None
@@ -101,9 +126,9 @@ def _read_jsonl(feed: Feed, data: bytes) -> pl.DataFrame:
     return df.with_row_index(ROW_NUMBER, offset=1).with_columns(pl.col(ROW_NUMBER).cast(pl.Int64))
 
 
-def _read_parquet(feed: Feed, data: bytes) -> pl.DataFrame:
+def _read_parquet(feed: Feed, data: bytes | str) -> pl.DataFrame:
     try:
-        table = pq.read_table(pa.BufferReader(data))
+        table = pq.read_table(pa.BufferReader(data) if isinstance(data, bytes) else data)
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise FileRejected(f"unreadable Parquet (truncated or corrupt): {_first_line(exc)}") from None
     names = table.schema.names
