@@ -34,9 +34,7 @@ Decisions where the spec is silent:
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import math
 import os
@@ -47,6 +45,7 @@ from typing import Any, Iterable
 
 import duckdb
 import jinja2
+import polars as pl
 import markupsafe
 
 from contracts.warehouse import table_exists
@@ -311,12 +310,6 @@ def planner_file_names(planners: Iterable[str]) -> dict[str, str]:
     return stems
 
 
-def _csv_cell(value: Any) -> Any:
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
-        return "'" + value
-    return "" if value is None else value
-
-
 # --- data ---------------------------------------------------------------------------------
 def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: dict | None = None) -> list[dict[str, Any]]:
     cur = con.execute(sql, params or {})
@@ -478,12 +471,26 @@ CSV_COLUMNS = (
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\r\n")
-    w.writerow([title for _, title in CSV_COLUMNS])
-    for r in rows:
-        w.writerow([_csv_cell(iso_z(r[k]) if isinstance(r[k], datetime) else r[k]) for k, _ in CSV_COLUMNS])
-    write_atomic(path, buf.getvalue().encode("utf-8-sig"), fsync=False)
+    """UTF-8 with a byte-order mark (spreadsheets), CRLF, minimal quoting; timestamps as
+    ISO-8601 Z; cells that a spreadsheet would run as a formula are defused. Built and
+    formatted column by column (a planner's list can hold hundreds of thousands of rows)."""
+    frame = pl.DataFrame(
+        {title: [r[k] for r in rows] for k, title in CSV_COLUMNS},
+        schema={title: (pl.Datetime("us", "UTC") if k == "first_seen_at" else pl.Int64 if k == "age_days"
+                        else pl.String) for k, title in CSV_COLUMNS},
+        strict=False,
+    )
+    ts_title = dict(CSV_COLUMNS)["first_seen_at"]
+    ts = pl.col(ts_title)
+    frame = frame.with_columns(
+        pl.when(ts.dt.microsecond() > 0).then(ts.dt.strftime("%Y-%m-%dT%H:%M:%S.%6fZ"))
+        .otherwise(ts.dt.strftime("%Y-%m-%dT%H:%M:%SZ")).alias(ts_title),
+        *[pl.when(pl.col(c).str.contains(r"^[=+\-@\t\r]")).then(pl.lit("'") + pl.col(c))
+          .when(pl.col(c) == "").then(None)   # empty and missing are written alike
+          .otherwise(pl.col(c)).alias(c) for c, t in frame.schema.items() if t == pl.String and c != ts_title],
+    )
+    body = frame.write_csv(line_terminator="\r\n", null_value="")
+    write_atomic(path, body.encode("utf-8-sig"), fsync=False)
 
 
 def _counts(rows: list[dict[str, Any]]) -> dict[str, int]:
