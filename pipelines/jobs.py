@@ -34,7 +34,8 @@ inventory_sync = dg.define_asset_job(
     | dg.AssetSelection.assets(dg.AssetKey(["canonical", "inventory_snapshot"]),
                                dg.AssetKey(["canonical", "inventory_txn"]),
                                dg.AssetKey(["ingest", "feed_status"]),
-                               dg.AssetKey(["marts", "inventory_drift"])),
+                               dg.AssetKey(["marts", "inventory_drift"]),
+                               dg.AssetKey(["delivery", "planning_inventory_sync"])),
     description="Hourly: new inventory snapshots and movements -> canonical -> drift -> planning sync.",
 )
 

@@ -64,3 +64,23 @@ def test_sensor_picks_up_a_new_file_in_a_bucket(monkeypatch, tmp_path):
              "txn_at": kit.t("2026-11-24T09:30:00Z"), "reference": None}])
         upload_tree(endpoint, extra, "drop", "in")
         assert len(_tick(first.cursor).run_requests) == 1
+
+
+def test_the_hourly_inventory_job_runs_after_a_full_run(tmp_path, mini_landing):
+    from pipelines.definitions import defs
+    from pipelines.resources import DistsyncResource
+    from tests.conftest import MINI_AS_OF
+
+    def resource(as_of):
+        return DistsyncResource(landing=str(mini_landing), data_dir=str(tmp_path / "d"), as_of=as_of.isoformat())
+
+    full = defs.resolve_job_def("distsync_full")
+    hourly = defs.resolve_job_def("inventory_sync")
+    instance = dg.DagsterInstance.ephemeral()
+    assert full.execute_in_process(resources={"distsync": resource(MINI_AS_OF)}, instance=instance).success
+    later = MINI_AS_OF.replace(hour=10)
+    result = hourly.execute_in_process(resources={"distsync": resource(later)}, instance=instance)
+    assert result.success
+    done = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert {"marts/inventory_drift", "delivery/planning_inventory_sync"} <= done
+    assert "marts/forecast_order_alignment" not in done
