@@ -41,4 +41,14 @@ def test_materialize_over_mini(tmp_path, mini_landing):
     # the rejected location_master file fails the ERP location feed's raw contract check
     assert checks[("ingest/erp_location_master", "raw_contract")] is False
     assert checks[("ingest/erp_item_master", "raw_contract")] is True
+    # the mini drift is worth ~151k at standard cost: over the 100k warning threshold
+    assert checks[("marts/inventory_drift", "drift_value_below_threshold")] is False
+    assert checks[("marts/inventory_drift", "mart_contract")] is True
+    assert checks[("marts/forecast_order_alignment", "mart_contract")] is True
+    assert checks[("delivery/planning_inventory_sync", "sendable")] is True
+    assert checks[("delivery/planning_inventory_sync", "payload_contract")] is True
+    drift = next(e for e in result.get_asset_materialization_events()
+                 if e.asset_key.to_user_string() == "marts/inventory_drift").materialization.metadata
+    assert drift["drift"].value == 12 and "| item |" in drift["top_drift"].value
+    assert drift["settings"].value["horizon_weeks"] == 12
     assert len(list((tmp_path / "data" / "lake" / "canonical" / "inventory_snapshot").glob("*.parquet"))) == 3
