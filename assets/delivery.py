@@ -72,7 +72,7 @@ def _payload_checks(key: dg.AssetKey) -> list[dg.AssetCheckSpec]:
 
 
 @dg.asset(key=SYNC, group_name="delivery", pool="duckdb", kinds={"sqlite", "json"},
-          deps=[DRIFT, EXCEPTIONS, FEED_STATUS], check_specs=_payload_checks(SYNC),
+          deps=[DRIFT, FEED_STATUS], check_specs=_payload_checks(SYNC),
           description="ERP stock per item-location, in planning codes, for the planning system: only records "
                       "that changed since last emitted (full refresh with --full-sync).")
 def planning_inventory_sync(context: dg.AssetExecutionContext, distsync: DistsyncResource) -> dg.MaterializeResult:

@@ -51,7 +51,9 @@ Decisions where the spec is silent
 * ``quality``: ``stale`` when the ERP inventory feed is stale; else ``unverifiable`` when
   the key's ERP-vs-WMS comparison is unverifiable (a conflicting duplicate — the ERP
   quantity is not trustworthy either); else ``drift`` with an open WMS
-  ``INVENTORY_DRIFT`` exception; else ``reconciled``.
+  ``INVENTORY_DRIFT`` exception (read as this run's ``status_wms = 'drift'``, the rule
+  that opens that exception, so the hourly sync needs no exceptions rebuild); else
+  ``reconciled``.
 * Blocking: ``planning_inventory_sync`` is blocked when the ERP ``inventory_balance``
   feed is stale, its newest delivered file was rejected, or it has no current file.
   Proposals are netted from ERP stock and open POs, so they are blocked when
@@ -308,12 +310,6 @@ LEFT JOIN lx ON lx.location_id = d.location_id
 LEFT JOIN units u ON u.item_id = d.item_id
 """
 
-_OPEN_WMS_DRIFT = """EXISTS (
-    SELECT 1 FROM marts.exceptions e
-    WHERE e.exception_type = 'INVENTORY_DRIFT' AND e.status = 'open' AND e.reference = 'wms'
-      AND e.item_id = d.item_id AND e.location_id = d.location_id)"""
-
-
 def build_planning_inventory_sync(
     con: duckdb.DuckDBPyConnection,
     as_of: datetime | str,
@@ -331,8 +327,11 @@ def build_planning_inventory_sync(
     as_of = utc(as_of)
     erp = check_feed(con, as_of, "erp", "inventory_balance")
     blocked = [r for r in (_other_run(con, "marts.inventory_drift", as_of), *erp.reasons) if r]
-    wms_drift = _OPEN_WMS_DRIFT if table_exists(con, "marts.exceptions") else "coalesce(d.status_wms = 'drift', false)"
-    base = con.execute(_PLANNING_SQL.format(wms_drift=wms_drift), {"decimals": QTY_DECIMALS}).pl()
+    # a key has an open WMS INVENTORY_DRIFT exception exactly when this run's drift mart
+    # says status_wms = 'drift' (that is the exception's rule); reading the mart keeps the
+    # hourly sync, which does not rebuild the exceptions, as fresh as its drift
+    base = con.execute(_PLANNING_SQL.format(wms_drift="coalesce(d.status_wms = 'drift', false)"),
+                       {"decimals": QTY_DECIMALS}).pl()
     base = base.with_columns(
         quality=pl.when(pl.lit(erp.stale)).then(pl.lit("stale"))
         .when(pl.col("unverifiable").fill_null(False)).then(pl.lit("unverifiable"))

@@ -39,7 +39,12 @@ def test_planning_records_one_per_mapped_erp_item_location(world):
 
 
 def test_quality_ignores_planning_drift_and_resolved_wms_drift(world):
+    # the WMS drift of 104234 is gone (its exception resolves); 104233 drifts vs planning only
+    world.con.execute("UPDATE marts.inventory_drift SET status_wms = 'match', status = 'match' "
+                      "WHERE item_id = '104234'")
     world.con.execute("UPDATE marts.exceptions SET status = 'resolved', resolved_at = ?", [AS_OF])
+    world.con.execute("UPDATE marts.inventory_drift SET status_planning = 'drift', status = 'drift' "
+                      "WHERE item_id = '104233' AND location_id = '1010'")
     world.exception("INVENTORY_DRIFT", "high", item_id="104233", location_id="1010", reference="planning")
     got = by_product(build_planning_inventory_sync(world.con, AS_OF, S).records)
     assert got["PRD-104234"]["quality"] == "reconciled"
