@@ -9,7 +9,7 @@ thresholds); the effective settings are echoed on the drift asset.
 import dagster as dg
 
 from contracts.outgoing import check_mart
-from contracts.warehouse import export_run, export_to_lake
+from contracts.warehouse import export_to_lake
 from pipelines.resources import DistsyncResource
 from reconciliation import build_exceptions, build_forecast_order_alignment, build_inventory_drift, build_kpis
 from reconciliation.alignment import alignment_metadata
@@ -76,7 +76,7 @@ def inventory_drift(context: dg.AssetExecutionContext, distsync: DistsyncResourc
         contract = check_mart(con, "marts.inventory_drift")
         _export(distsync, con, "marts.inventory_drift")
         # the history grows by one run each time: one Parquet file per run, written once
-        export_run(con, "marts.inventory_drift_history", str(distsync.lake_path()), as_of)
+        export_to_lake(con, "marts.inventory_drift_history", str(distsync.lake_path()), as_of)
     rate, value = out.get("drift_rate") or 0.0, out.get("drift_value_total") or 0.0
     return dg.MaterializeResult(
         metadata={**_meta(out), "dagster/row_count": out["item_locations"], "as_of": as_of.isoformat(),

@@ -98,14 +98,17 @@ def validate_table(con: duckdb.DuckDBPyConnection, table: str, where: str = "", 
     frame = frame.with_columns(
         [pl.col(c).dt.convert_time_zone("UTC") for c, t in frame.schema.items() if isinstance(t, pl.Datetime)]
     )
+    return {"rows": frame.height, **schema_failures(canonical_schema(table), frame, sample)}
+
+
+def schema_failures(schema: pa.DataFrameSchema, frame: pl.DataFrame, sample: int = 5) -> dict:
+    """Validate lazily: ``{"failures": {"column: check": rows}, "sample": [...]}``, both
+    empty when the frame passes."""
     try:
-        canonical_schema(table).validate(frame, lazy=True)
+        schema.validate(frame, lazy=True)
     except pa.errors.SchemaErrors as exc:
         fc = exc.failure_cases
-        counts = {
-            f"{r['column'] or 'table'}: {r['check']}": r["n"]
-            for r in fc.group_by("column", "check").agg(pl.len().alias("n")).sort("column", "check").to_dicts()
-        }
-        return {"rows": frame.height, "failures": counts,
-                "sample": fc.head(sample).with_columns(pl.all().cast(pl.String)).to_dicts()}
-    return {"rows": frame.height, "failures": {}, "sample": []}
+        counts = {f"{r['column'] or 'table'}: {r['check']}": r["n"]
+                  for r in fc.group_by("column", "check").agg(pl.len().alias("n")).sort("column", "check").to_dicts()}
+        return {"failures": counts, "sample": fc.head(sample).with_columns(pl.all().cast(pl.String)).to_dicts()}
+    return {"failures": {}, "sample": []}

@@ -34,7 +34,7 @@ import duckdb
 from contracts.feeds import DELTA, EVENTS, FEEDS, SNAPSHOT, VERSIONED, Feed
 from contracts.ingest import staging_path
 from contracts.settings import Settings
-from contracts.warehouse import CANONICAL_DDL, columns_of, create_all, default_lake_dir, empty_select
+from contracts.warehouse import CANONICAL_DDL, columns_of, create_all, default_lake_dir, empty_select, quoted
 
 CANONICAL_TABLE = {
     "item_master": "canonical.item",
@@ -142,7 +142,7 @@ def _create_view(con: duckdb.DuckDBPyConnection, table: str, folder: Path | None
     if folder is None or not any(folder.glob("*.parquet")):
         con.execute(f"CREATE VIEW {table} AS {empty_select(CANONICAL_DDL[table])}")
         return
-    select = ", ".join(f'CAST("{c}" AS {t}) AS "{c}"' for c, t in cols)
+    select = ", ".join(f"CAST({quoted(c)} AS {t}) AS {quoted(c)}" for c, t in cols)
     pattern = str(folder / "*.parquet").replace("'", "''")
     con.execute(f"CREATE VIEW {table} AS SELECT {select} FROM read_parquet('{pattern}', union_by_name = true)")
 
@@ -192,9 +192,8 @@ def build_canonical_table(con: duckdb.DuckDBPyConnection, table: str, settings: 
     except BaseException:
         con.execute("ROLLBACK")
         raise
-    key = fp
     cached = con.execute("SELECT result FROM ingest.canonical_check WHERE table_name = ? AND files_key = ?",
-                         [table, key]).fetchone()
+                         [table, fp]).fetchone()
     if cached is not None and not rebuilt:
         check = json.loads(cached[0])      # same files as the last check: not read again
     else:
@@ -202,7 +201,7 @@ def build_canonical_table(con: duckdb.DuckDBPyConnection, table: str, settings: 
         con.execute(
             """INSERT INTO ingest.canonical_check VALUES (?, ?, ?)
                ON CONFLICT (table_name) DO UPDATE SET files_key = excluded.files_key, result = excluded.result""",
-            [table, key, json.dumps(check, default=str)])
+            [table, fp, json.dumps(check, default=str)])
     return {"table": table, "rebuilt": rebuilt, "rows": check["rows"],
             "current_files": {name: [r[0] for r in rows] for name, rows in files.items()},
             "folder": str(lake / "canonical" / table.split(".")[1]),

@@ -55,10 +55,6 @@ class FeedIngest:
     files: list[FileOutcome] = field(default_factory=list)
     skipped_unchanged: int = 0
 
-    @property
-    def changed(self) -> bool:
-        return any(f.outcome in ("accepted", "rejected") for f in self.files)
-
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)

@@ -45,18 +45,6 @@ class References:
     item_xref: pl.DataFrame    # system, external_code, item_id
     location_xref: pl.DataFrame  # system, external_code, location_id
 
-    @classmethod
-    def empty(cls) -> "References":
-        return cls(
-            items=pl.DataFrame(schema={"item_id": pl.String, "matnr": pl.String, "base_uom": pl.String}),
-            locations=pl.DataFrame(schema={"location_id": pl.String}),
-            uom=pl.DataFrame(schema={"item_id": pl.String, "uom": pl.String, "factor": pl.Float64}),
-            item_xref=pl.DataFrame(schema={"system": pl.String, "external_code": pl.String, "item_id": pl.String}),
-            location_xref=pl.DataFrame(
-                schema={"system": pl.String, "external_code": pl.String, "location_id": pl.String}
-            ),
-        )
-
 
 @dataclass
 class Prepared:

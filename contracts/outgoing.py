@@ -12,6 +12,8 @@ import duckdb
 import pandera.polars as pa
 import polars as pl
 
+from contracts.canonical import schema_failures
+
 
 def _isin(*values: str) -> pa.Check:
     return pa.Check(lambda d: d.lazyframe.select(pl.col(d.key).is_in(list(values))), name="allowed_value")
@@ -60,22 +62,10 @@ MART_SCHEMAS = {
 }
 
 
-def failures(schema: pa.DataFrameSchema, frame: pl.DataFrame, sample: int = 5) -> dict:
-    """``{"failures": {column: check -> count}, "sample": [...]}``; empty when valid."""
-    try:
-        schema.validate(frame, lazy=True)
-    except pa.errors.SchemaErrors as exc:
-        fc = exc.failure_cases
-        counts = {f"{r['column'] or 'table'}: {r['check']}": r["n"]
-                  for r in fc.group_by("column", "check").agg(pl.len().alias("n")).sort("column", "check").to_dicts()}
-        return {"failures": counts, "sample": fc.head(sample).with_columns(pl.all().cast(pl.String)).to_dicts()}
-    return {"failures": {}, "sample": []}
-
-
 def check_payload(payload_type: str, records: pl.DataFrame) -> dict:
-    return failures(PAYLOAD_SCHEMAS[payload_type], records)
+    return schema_failures(PAYLOAD_SCHEMAS[payload_type], records)
 
 
 def check_mart(con: duckdb.DuckDBPyConnection, table: str) -> dict:
     cols = ", ".join(MART_SCHEMAS[table].columns)
-    return failures(MART_SCHEMAS[table], con.execute(f"SELECT {cols} FROM {table}").pl())
+    return schema_failures(MART_SCHEMAS[table], con.execute(f"SELECT {cols} FROM {table}").pl())

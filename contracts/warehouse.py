@@ -154,19 +154,24 @@ CANONICAL_DDL = {
 
 
 def columns_of(ddl: str) -> list[tuple[str, str]]:
-    """(name, type) of each column of a DDL body above (comments stripped)."""
+    """(name, type) of each column of a DDL body above (comments stripped; a name is
+    returned as written, quoted where the DDL quotes it)."""
     text = "\n".join(line.split("--")[0] for line in ddl.splitlines())
     out = []
     for part in text.split(","):
         words = part.split()
         if len(words) >= 2:
-            out.append((words[0].strip('"'), words[1]))
+            out.append((words[0], words[1]))
     return out
+
+
+def quoted(name: str) -> str:
+    return name if name.startswith('"') else f'"{name}"'
 
 
 def empty_select(ddl: str) -> str:
     """A typed SELECT with the DDL's columns and no rows."""
-    cols = ", ".join(f'CAST(NULL AS {t}) AS "{c}"' for c, t in columns_of(ddl))
+    cols = ", ".join(f"CAST(NULL AS {t}) AS {quoted(c)}" for c, t in columns_of(ddl))
     return f"SELECT {cols} WHERE false"
 
 
@@ -195,36 +200,25 @@ def table_exists(con: duckdb.DuckDBPyConnection, qualified: str) -> bool:
     )
 
 
-def export_to_lake(con: duckdb.DuckDBPyConnection, qualified: str, lake_dir: str) -> str:
-    """Write a table as ``<lake>/<schema>/<table>/data.parquet`` (replaced atomically).
+def export_to_lake(con: duckdb.DuckDBPyConnection, qualified: str, lake_dir: str, run_as_of=None) -> str:
+    """Write a table as ``<lake>/<schema>/<table>/data.parquet``, or, with ``run_as_of``,
+    that run's rows of an append-only table as ``.../run_as_of=<UTC timestamp>.parquet``.
 
-    ``lake_dir`` may be a local folder; the file is written next to its final name and
-    renamed, so a reader never sees half a file.
+    The file is written next to its final name and renamed, so a reader never sees half
+    a file.
     """
     import os
 
     schema, table = qualified.split(".")
     folder = os.path.join(lake_dir, schema, table)
     os.makedirs(folder, exist_ok=True)
-    final = os.path.join(folder, "data.parquet")
+    if run_as_of is None:
+        final, where, params = os.path.join(folder, "data.parquet"), "", {}
+    else:
+        final = os.path.join(folder, f"run_as_of={run_as_of.strftime('%Y%m%dT%H%M%SZ')}.parquet")
+        where, params = "WHERE run_as_of = $r", {"r": run_as_of}
     tmp = final + ".tmp"
-    con.execute(f"COPY (SELECT * FROM {qualified}) TO '{tmp}' (FORMAT parquet, COMPRESSION zstd)")
-    os.replace(tmp, final)
-    return final
-
-
-def export_run(con: duckdb.DuckDBPyConnection, qualified: str, lake_dir: str, run_as_of) -> str:
-    """Write one run's rows of an append-only table as
-    ``<lake>/<schema>/<table>/run_as_of=<UTC timestamp>.parquet`` (replaced atomically)."""
-    import os
-
-    schema, table = qualified.split(".")
-    folder = os.path.join(lake_dir, schema, table)
-    os.makedirs(folder, exist_ok=True)
-    final = os.path.join(folder, f"run_as_of={run_as_of.strftime('%Y%m%dT%H%M%SZ')}.parquet")
-    tmp = final + ".tmp"
-    con.execute(f"COPY (SELECT * FROM {qualified} WHERE run_as_of = $r) TO '{tmp}' (FORMAT parquet, COMPRESSION zstd)",
-                {"r": run_as_of})
+    con.execute(f"COPY (SELECT * FROM {qualified} {where}) TO '{tmp}' (FORMAT parquet, COMPRESSION zstd)", params)
     os.replace(tmp, final)
     return final
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 
 import dagster as dg
@@ -16,7 +16,6 @@ from pipelines.resources import DistsyncResource
 class RunOutcome:
     success: bool
     error: str | None = None
-    step_seconds: dict[str, float] = field(default_factory=dict)
     started_at: datetime | None = None
 
 
@@ -42,15 +41,9 @@ def run_pipeline(resource: DistsyncResource, verbose: bool = False, selection=No
             selection=selection,
             tags={"distsync/as_of": resource.as_of or ""},
         )
-        seconds = _step_seconds(instance, result)
         if result.success:
-            return RunOutcome(True, step_seconds=seconds, started_at=started)
-        return RunOutcome(False, _first_failure(result), seconds, started)
-
-
-def _step_seconds(instance: dg.DagsterInstance, result: dg.ExecuteInProcessResult) -> dict[str, float]:
-    stats = instance.get_run_step_stats(result.run_id)
-    return {s.step_key: round((s.end_time or 0) - (s.start_time or 0), 3) for s in stats if s.start_time}
+            return RunOutcome(True, started_at=started)
+        return RunOutcome(False, _first_failure(result), started)
 
 
 def _first_failure(result: dg.ExecuteInProcessResult) -> str:

@@ -21,6 +21,8 @@ from typing import Any, Iterator, Sequence
 
 import duckdb
 
+from contracts.warehouse import columns_of
+
 # --- column lists ------------------------------------------------------------------------
 INVENTORY_DRIFT_COLUMNS = """
     item_id VARCHAR, location_id VARCHAR, planner_code VARCHAR,
@@ -112,20 +114,8 @@ PERSISTENT_TABLES = {
 MARTS_DDL = {**PER_RUN_TABLES, **PERSISTENT_TABLES}
 
 
-def _columns(ddl: str) -> list[tuple[str, str]]:
-    """(name, type) pairs of a column list (comments stripped)."""
-    out = []
-    for line in ddl.splitlines():
-        line = line.split("--")[0]
-        for part in line.split(","):
-            words = part.split()
-            if len(words) >= 2:
-                out.append((words[0], " ".join(words[1:])))
-    return out
-
-
 def column_names(table: str) -> list[str]:
-    return [name for name, _ in _columns(MARTS_DDL[table])]
+    return [name for name, _ in columns_of(MARTS_DDL[table])]
 
 
 def ensure_marts(con: duckdb.DuckDBPyConnection) -> None:
@@ -135,7 +125,7 @@ def ensure_marts(con: duckdb.DuckDBPyConnection) -> None:
     for name, cols in MARTS_DDL.items():
         con.execute(f"CREATE TABLE IF NOT EXISTS {name} ({cols})")
     for name, cols in PERSISTENT_TABLES.items():
-        for col, typ in _columns(cols):
+        for col, typ in columns_of(cols):
             con.execute(f"ALTER TABLE {name} ADD COLUMN IF NOT EXISTS {col} {typ}")
 
 
