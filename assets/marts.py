@@ -1,19 +1,20 @@
 """Reconciliation marts: thin assets over the pure functions in ``reconciliation/``.
 
-Each writes its DuckDB tables, exports them to ``lake/marts/<table>/data.parquet`` and
-returns metadata an engineer can act on (counts by status, totals, top rows). The drift
-mart carries two warning checks (drift rate and drift value over the settings'
-thresholds); the effective settings are echoed on the drift asset.
+Drift and alignment publish their marts as Parquet in the lake with DuckDB views over
+them (``reconciliation/mart_store.py``) and carry their blocking ``mart_contract`` check;
+exceptions and KPIs keep their tables in DuckDB and export them to
+``lake/marts/<table>/data.parquet``. Each returns metadata an engineer can act on (counts
+by status, totals, top rows, whether it was recomputed). The drift mart carries two
+warning checks (drift rate and drift value over the settings' thresholds); the effective
+settings are echoed on the drift asset.
 """
 
 import dagster as dg
 
-from contracts.outgoing import check_mart
 from contracts.warehouse import export_to_lake
 from pipelines.resources import DistsyncResource
 from reconciliation import build_exceptions, build_forecast_order_alignment, build_inventory_drift, build_kpis
-from reconciliation.alignment import alignment_metadata
-from reconciliation.incremental import input_fingerprint, is_current, move_run_clock, record_build
+from reconciliation.alignment import ALIGNMENT_INPUTS
 
 C = lambda t: dg.AssetKey(["canonical", t])  # noqa: E731
 DRIFT = dg.AssetKey(["marts", "inventory_drift"])
@@ -21,8 +22,6 @@ ALIGNMENT = dg.AssetKey(["marts", "forecast_order_alignment"])
 EXCEPTIONS = dg.AssetKey(["marts", "exceptions"])
 KPIS = dg.AssetKey(["marts", "kpis"])
 FEED_STATUS = dg.AssetKey(["ingest", "feed_status"])
-ALIGNMENT_INPUTS = ["canonical.forecast", "canonical.purchase_order_line", "canonical.item_location",
-                    "canonical.inventory_snapshot", "canonical.item"]
 
 
 def _meta(out: dict) -> dict:
@@ -48,20 +47,15 @@ def _build_and_export(context, distsync: DistsyncResource, build, table: str) ->
     settings, as_of = distsync.load_settings(), distsync.resolve_as_of(context)
     with distsync.connect() as con:
         out = build(con, settings, as_of)
-        _export(distsync, con, table)
+        export_to_lake(con, table, str(distsync.lake_path()))
     return dg.MaterializeResult(metadata=_meta(out))
 
 
-def _export(distsync: DistsyncResource, con, *tables: str) -> None:
-    for t in tables:
-        export_to_lake(con, t, str(distsync.lake_path()))
-
-
 @dg.asset(
-    key=DRIFT, group_name="marts", pool="duckdb", kinds={"duckdb"},
+    key=DRIFT, group_name="marts", pool="duckdb", kinds={"duckdb", "parquet"},
     deps=[C("inventory_snapshot"), C("inventory_txn"), C("item"), C("item_location"), FEED_STATUS],
     description="Three-way inventory drift per item-location (ERP vs WMS vs planning, time-aligned with the "
-                "WMS movement log); history appended per run. Rules: reconciliation/drift.py.",
+                "WMS movement log); history kept per run. Rules: reconciliation/drift.py.",
     check_specs=[
         dg.AssetCheckSpec("drift_rate_below_threshold", asset=DRIFT),
         dg.AssetCheckSpec("drift_value_below_threshold", asset=DRIFT),
@@ -72,11 +66,8 @@ def _export(distsync: DistsyncResource, con, *tables: str) -> None:
 def inventory_drift(context: dg.AssetExecutionContext, distsync: DistsyncResource) -> dg.MaterializeResult:
     settings, as_of = distsync.load_settings(), distsync.resolve_as_of(context)
     with distsync.connect() as con:
-        out = build_inventory_drift(con, settings, as_of)
-        contract = check_mart(con, "marts.inventory_drift")
-        _export(distsync, con, "marts.inventory_drift")
-        # the history grows by one run each time: one Parquet file per run, written once
-        export_to_lake(con, "marts.inventory_drift_history", str(distsync.lake_path()), as_of)
+        out = build_inventory_drift(con, settings, as_of, distsync.lake_path())
+    contract = out.pop("contract")
     rate, value = out.get("drift_rate") or 0.0, out.get("drift_value_total") or 0.0
     return dg.MaterializeResult(
         metadata={**_meta(out), "dagster/row_count": out["item_locations"], "as_of": as_of.isoformat(),
@@ -94,7 +85,7 @@ def inventory_drift(context: dg.AssetExecutionContext, distsync: DistsyncResourc
 
 
 @dg.asset(
-    key=ALIGNMENT, group_name="marts", pool="duckdb", kinds={"duckdb"},
+    key=ALIGNMENT, group_name="marts", pool="duckdb", kinds={"duckdb", "parquet"},
     deps=[dg.AssetKey(t.split(".")) for t in ALIGNMENT_INPUTS],
     description="Forecast-to-order alignment: weekly projection, shortages in the frozen window, netting "
                 "proposals (marts.replenishment_proposal), excess. Rules: reconciliation/alignment.py.",
@@ -103,20 +94,9 @@ def inventory_drift(context: dg.AssetExecutionContext, distsync: DistsyncResourc
 )
 def forecast_order_alignment(context: dg.AssetExecutionContext, distsync: DistsyncResource) -> dg.MaterializeResult:
     settings, as_of = distsync.load_settings(), distsync.resolve_as_of(context)
-    # marts.projection (16 rows per item-location) keeps the run_as_of that computed it:
-    # restamping it on every skipped run would cost more than the skip saves
-    tables = ["marts.forecast_order_alignment", "marts.replenishment_proposal"]
     with distsync.connect() as con:
-        # the rules depend on the run date (week 0), not on the time of day
-        fp = input_fingerprint(con, ALIGNMENT_INPUTS, settings, as_of.date().isoformat())
-        if is_current(con, "forecast_order_alignment", fp):
-            move_run_clock(con, tables, as_of)
-            out = {**alignment_metadata(con), "recomputed": False}
-        else:
-            out = {**build_forecast_order_alignment(con, settings, as_of), "recomputed": True}
-            record_build(con, "forecast_order_alignment", fp)
-        contract = check_mart(con, "marts.forecast_order_alignment")
-        _export(distsync, con, "marts.forecast_order_alignment", "marts.replenishment_proposal")
+        out = build_forecast_order_alignment(con, settings, as_of, lake_dir=distsync.lake_path())
+    contract = out.pop("contract")
     return dg.MaterializeResult(metadata={**_meta(out), "dagster/row_count": out["item_locations"]},
                                 check_results=[_contract_result(contract)])
 

@@ -62,6 +62,7 @@ def group_connection(db: Path, lake: Path, plants: list[str] | None, conflict: P
 
     for suffix in ("", ".wal"):
         Path(str(db) + suffix).unlink(missing_ok=True)
+    db.parent.mkdir(parents=True, exist_ok=True)  # one folder per group: the marts go to <folder>/lake
     con = duckdb.connect(str(db))
     con.execute("SET TimeZone = 'UTC'")
     con.execute("CREATE SCHEMA IF NOT EXISTS canonical")
@@ -93,7 +94,7 @@ def reconcile_group(name: str, plants: list[str] | None, cfg: dict) -> dict:
     work = Path(cfg["workdir"])
     settings = Settings.load(None)
     t0 = time.perf_counter()
-    con = group_connection(work / f"{name}.duckdb", Path(cfg["lake"]), plants, Path(cfg["conflict"]))
+    con = group_connection(work / name / "warehouse.duckdb", Path(cfg["lake"]), plants, Path(cfg["conflict"]))
     try:
         t1 = time.perf_counter()
         drift = build_inventory_drift(con, settings, cfg["as_of"])
@@ -139,7 +140,7 @@ def partitioned_assets(group_names: list[str]):
         from reconciliation import build_forecast_order_alignment, build_inventory_drift
 
         group = context.partition_key
-        db = Path(cfg["workdir"]) / f"dg_{group}.duckdb"
+        db = Path(cfg["workdir"]) / f"dg_{group}" / "warehouse.duckdb"
         con = (group_connection(db, Path(cfg["lake"]), cfg["groups"][group], Path(cfg["conflict"]))
                if kind == "drift" else __import__("duckdb").connect(str(db)))
         try:
@@ -209,7 +210,7 @@ def multiprocess_job():
                 from contracts.settings import Settings
                 from reconciliation import build_inventory_drift
 
-                con = group_connection(Path(cfg["workdir"]) / f"mp_{group}.duckdb", Path(cfg["lake"]),
+                con = group_connection(Path(cfg["workdir"]) / f"mp_{group}" / "warehouse.duckdb", Path(cfg["lake"]),
                                        cfg["groups"][group], Path(cfg["conflict"]))
                 try:
                     out = build_inventory_drift(con, Settings.load(None), cfg["as_of"])
@@ -226,7 +227,7 @@ def multiprocess_job():
                 from contracts.settings import Settings
                 from reconciliation import build_forecast_order_alignment
 
-                con = duckdb.connect(str(Path(cfg["workdir"]) / f"mp_{group}.duckdb"))
+                con = duckdb.connect(str(Path(cfg["workdir"]) / f"mp_{group}" / "warehouse.duckdb"))
                 try:
                     con.execute("SET TimeZone = 'UTC'")
                     out = build_forecast_order_alignment(con, Settings.load(None), cfg["as_of"])

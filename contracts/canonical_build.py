@@ -34,7 +34,8 @@ import duckdb
 from contracts.feeds import DELTA, EVENTS, FEEDS, SNAPSHOT, VERSIONED, Feed
 from contracts.ingest import staging_path
 from contracts.settings import Settings
-from contracts.warehouse import CANONICAL_DDL, columns_of, create_all, default_lake_dir, empty_select, quoted
+from contracts.warehouse import (CANONICAL_DDL, columns_of, create_all, default_lake_dir, drop_table_or_view,
+                                empty_select, quoted)
 
 CANONICAL_TABLE = {
     "item_master": "canonical.item",
@@ -145,14 +146,6 @@ def _create_view(con: duckdb.DuckDBPyConnection, table: str, folder: Path | None
     select = ", ".join(f"CAST({quoted(c)} AS {t}) AS {quoted(c)}" for c, t in cols)
     pattern = str(folder / "*.parquet").replace("'", "''")
     con.execute(f"CREATE VIEW {table} AS SELECT {select} FROM read_parquet('{pattern}', union_by_name = true)")
-
-
-def drop_table_or_view(con: duckdb.DuckDBPyConnection, table: str) -> None:
-    schema, name = table.split(".")
-    kind = con.execute("SELECT table_type FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
-                       [schema, name]).fetchone()
-    if kind is not None:
-        con.execute(f"DROP {'VIEW' if kind[0] == 'VIEW' else 'TABLE'} {table}")
 
 
 def build_canonical_table(con: duckdb.DuckDBPyConnection, table: str, settings: Settings, as_of: datetime,

@@ -191,13 +191,21 @@ def create_all(con: duckdb.DuckDBPyConnection) -> None:
 
 
 def table_exists(con: duckdb.DuckDBPyConnection, qualified: str) -> bool:
-    schema, table = qualified.split(".")
-    return bool(
-        con.execute(
-            "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
-            [schema, table],
-        ).fetchone()[0]
-    )
+    return table_kind(con, qualified) is not None
+
+
+def table_kind(con: duckdb.DuckDBPyConnection, qualified: str) -> str | None:
+    """``BASE TABLE``, ``VIEW`` or None (no such table)."""
+    schema, name = qualified.split(".")
+    row = con.execute("SELECT table_type FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
+                      [schema, name]).fetchone()
+    return row[0] if row else None
+
+
+def drop_table_or_view(con: duckdb.DuckDBPyConnection, qualified: str) -> None:
+    kind = table_kind(con, qualified)
+    if kind is not None:
+        con.execute(f"DROP {'VIEW' if kind == 'VIEW' else 'TABLE'} {qualified}")
 
 
 def export_to_lake(con: duckdb.DuckDBPyConnection, qualified: str, lake_dir: str, run_as_of=None) -> str:

@@ -5,11 +5,13 @@ The horizon is laid out *wide*: one row per item-location with one column per we
 ``sum(CASE …)`` per week, cheaper than ``FILTER``) and the joins; polars does the weekly
 arithmetic as a loop over the ``H`` weeks, each step one vectorised column over every
 item-location (every intermediate column is materialised once, where nested SQL
-expressions would be re-evaluated per reference); DuckDB then reads the polars frame
-back, applies the classification rules (excess, status, coverage) in SQL and writes the
-marts. No sort, no window, no Python loop per item-location. The weekly table
-``marts.projection`` is the same data unpivoted (16 rows per item-location: at 1M
-item-locations it is most of the cost; ``write_projection=False`` skips it).
+expressions would be re-evaluated per reference), then the classification (excess,
+status, coverage), and writes the marts as Parquet files in the lake (``mart_store.py``;
+polars writes a million-row frame several times faster than DuckDB reads it back). No
+sort, no window, no Python loop per item-location. The weekly projection is stored as one
+row per item-location with one array element per week (``marts.weekly_projection``);
+``marts.projection`` is a view that unnests it to one row per item-location and week
+(``write_projection=False`` leaves it empty).
 
 Rules, with the decisions taken where the spec is silent:
 
@@ -48,17 +50,22 @@ Rules, with the decisions taken where the spec is silent:
 
 from __future__ import annotations
 
+import os
 from datetime import datetime, timedelta
 from typing import Any
 
 import duckdb
 import polars as pl
 
+from contracts.outgoing import check_mart
 from contracts.settings import Settings
+from contracts.warehouse import default_lake_dir
 
-from .marts_ddl import ensure_marts, markdown_table, plain, replace_table, run_clock, transaction
+from .incremental import input_fingerprint, record_build, recorded_build
+from .mart_store import current_file, move_run_mart, write_run_frame
+from .marts_ddl import ensure_marts, markdown_table, plain, run_clock
 
-__all__ = ["build_forecast_order_alignment", "alignment_metadata", "netting", "OUTSTANDING_PO_LINE"]
+__all__ = ["build_forecast_order_alignment", "alignment_metadata", "netting", "classify", "OUTSTANDING_PO_LINE"]
 
 # An outstanding PO line (open and with something left to deliver); shared with exceptions.
 OUTSTANDING_PO_LINE = """
@@ -186,29 +193,30 @@ def netting(frame: pl.DataFrame, h: int, eps: float) -> pl.DataFrame:
     )
 
 
-_ALIGNMENT_SQL = """
-SELECT *,
-       CASE WHEN first_shortage_week < lead_time_weeks THEN 'shortage_in_lead_time'
-            WHEN proposal_qty > $eps THEN 'needs_order'
-            WHEN excess_qty > 0 THEN 'excess'
-            ELSE 'aligned' END AS status
-FROM (
-    SELECT *,
-           CASE WHEN projected_end - excess_threshold > $eps AND open_line_after_lead_time
-                THEN projected_end - excess_threshold ELSE 0 END AS excess_qty,
-           CASE WHEN demand_horizon > 0 THEN (on_hand + supply_horizon) / demand_horizon END AS coverage_ratio
-    FROM (
-        SELECT item_id, location_id, planner_code, on_hand, safety_stock, lead_time_weeks,
-               lead_time_days, order_multiple, base_uom, has_forecast, forecast_version,
-               late_supply_qty, last_supply_week,
-               coalesce(last_supply_week >= lead_time_weeks, false) AS open_line_after_lead_time,
-               demand_horizon, supply_horizon, demand_horizon / $h AS avg_weekly_demand,
-               projected_end, safety_stock + $excess_weeks * demand_horizon / $h AS excess_threshold,
-               first_shortage_week, shortage_qty, proposal_qty, proposal_count, first_proposal_week
-        FROM _align_calc
+def classify(calc: pl.DataFrame, h: int, eps: float, excess_weeks: float) -> pl.DataFrame:
+    """Excess, coverage and status per item-location from the netting frame."""
+    dh = pl.col("demand_horizon")
+    frame = calc.with_columns(
+        open_line_after_lead_time=(pl.col("last_supply_week") >= pl.col("lead_time_weeks")).fill_null(False),
+        avg_weekly_demand=dh / h,
+        excess_threshold=pl.col("safety_stock") + excess_weeks * dh / h,
     )
-)
-"""
+    over = pl.col("projected_end") - pl.col("excess_threshold")
+    frame = frame.with_columns(
+        excess_qty=pl.when((over > eps) & pl.col("open_line_after_lead_time")).then(over).otherwise(0.0),
+        coverage_ratio=pl.when(dh > 0).then((pl.col("on_hand") + pl.col("supply_horizon")) / dh),
+    )
+    return frame.with_columns(
+        status=pl.when(pl.col("first_shortage_week") < pl.col("lead_time_weeks")).then(pl.lit("shortage_in_lead_time"))
+        .when(pl.col("proposal_qty") > eps).then(pl.lit("needs_order"))
+        .when(pl.col("excess_qty") > 0).then(pl.lit("excess"))
+        .otherwise(pl.lit("aligned")),
+    )
+
+
+ALIGNMENT_INPUTS = ["canonical.forecast", "canonical.purchase_order_line", "canonical.item_location",
+                    "canonical.inventory_snapshot", "canonical.item"]
+ALIGNMENT_MARTS = ["marts.forecast_order_alignment", "marts.replenishment_proposal", "marts.weekly_projection"]
 
 
 def build_forecast_order_alignment(
@@ -217,21 +225,39 @@ def build_forecast_order_alignment(
     as_of: datetime | str,
     *,
     write_projection: bool = True,
+    lake_dir: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
-    """Write ``marts.forecast_order_alignment``, ``marts.replenishment_proposal`` and
-    (unless ``write_projection`` is false) the weekly ``marts.projection``."""
+    """Publish ``marts.forecast_order_alignment``, ``marts.replenishment_proposal`` and
+    (unless ``write_projection`` is false) the weekly projection (``marts.projection``).
+
+    The rules depend on the run *date* (week 0), not the time of day: when the inputs,
+    the settings and the run date are those of the last build, the last files are carried
+    over to this run unchanged. Returns metadata with ``recomputed`` and ``contract`` (the
+    mart contract's result, ``contracts/outgoing.py``)."""
     clock = run_clock(as_of)
     h = int(settings.horizon_weeks)
     if h < 1:
         raise ValueError(f"horizon_weeks must be at least 1, got {h}")
     eps = float(settings.match_epsilon)
     w0 = clock.week0_start
+    lake_dir = lake_dir or default_lake_dir(con)
     ensure_marts(con)
-    # Everything is computed before the write transaction (polars frames registered as
-    # views): the base row per item-location goes straight from DuckDB to polars (no temp
-    # table to write), the weekly arithmetic runs there, and the marts are written from it.
+    fp = input_fingerprint(con, ALIGNMENT_INPUTS, settings,
+                           f"{clock.run_date.isoformat()}|projection={write_projection}")
+    contract = recorded_build(con, "forecast_order_alignment", fp)
+    if contract is not None and all(current_file(con, lake_dir, t) is not None for t in ALIGNMENT_MARTS):
+        for table in ALIGNMENT_MARTS:
+            move_run_mart(con, table, lake_dir, clock.as_of)
+        return {**alignment_metadata(con), "recomputed": False, "contract": contract}
+
+    # the base row per item-location goes straight from DuckDB to polars, the weekly
+    # arithmetic runs there, and polars writes the marts' Parquet files
     base = con.execute(_base_sql(h), {"w0": w0, "wend": w0 + timedelta(days=7 * h), "eps": eps}).pl()
     calc = netting(base, h, eps)
+    del base
+    run_cols = {"week0_start": pl.lit(w0, pl.Date), "horizon_weeks": pl.lit(h, pl.Int32)}
+    write_run_frame(con, "marts.forecast_order_alignment", lake_dir, clock.as_of,
+                    classify(calc, h, eps, float(settings.excess_weeks)).with_columns(**run_cols))
     attrs = ["item_id", "location_id", "planner_code", "base_uom", "matnr", "forecast_version",
              "safety_stock", "order_multiple"]
     proposals = pl.concat(
@@ -244,66 +270,25 @@ def build_forecast_order_alignment(
             )
             for w in range(h)
         ]
+    ).with_columns(need_date=pl.lit(w0, pl.Date) + pl.duration(weeks=pl.col("week")))
+    write_run_frame(con, "marts.replenishment_proposal", lake_dir, clock.as_of, proposals)
+    del proposals
+    # one row per item-location, one array element per week (marts.projection unnests it)
+    weekly = calc.select(
+        "item_id", "location_id", week0_start=pl.lit(w0, pl.Date),
+        demand=pl.concat_arr([f"d{w}" for w in range(h)]),
+        supply=pl.concat_arr([f"s{w}" for w in range(h)]),
+        projected=pl.concat_arr([f"p{w}" for w in range(h)]),
+        projected_with_proposals=pl.concat_arr([pl.col(f"p{w}") + pl.col(f"q{w}") for w in range(h)]),
+        proposal=pl.concat_arr([pl.when(pl.col(f"pr{w}") > eps).then(pl.col(f"pr{w}")).otherwise(0.0)
+                                for w in range(h)]),
     )
-    # week-major: each week's columns are views on calc's buffers (no copy per week)
-    weeks = pl.concat(
-        [
-            calc.select(
-                "item_id",
-                "location_id",
-                pl.lit(w, pl.Int32).alias("week"),
-                pl.col(f"d{w}").alias("demand"),
-                pl.col(f"s{w}").alias("supply"),
-                pl.col(f"p{w}").alias("projected"),
-                (pl.col(f"p{w}") + pl.col(f"q{w}")).alias("projected_with_proposals"),
-                pl.when(pl.col(f"pr{w}") > eps).then(pl.col(f"pr{w}")).otherwise(0.0).alias("proposal"),
-            )
-            for w in range(h)
-        ],
-        rechunk=False,
-    ) if write_projection else None
-    views = {"_align_calc": calc, "_align_proposals": proposals, "_align_weeks": weeks}
-    try:
-        for name, frame in views.items():
-            if frame is not None:
-                con.register(name, frame)
-        with transaction(con):
-            replace_table(con, "marts.forecast_order_alignment")
-            con.execute(
-                f"""INSERT INTO marts.forecast_order_alignment BY NAME
-                    SELECT *, $as_of::TIMESTAMPTZ AS run_as_of, $w0::DATE AS week0_start, {h} AS horizon_weeks
-                    FROM ({_ALIGNMENT_SQL})""",
-                {"eps": eps, "as_of": clock.as_of, "w0": w0, "h": float(h),
-                 "excess_weeks": float(settings.excess_weeks)},
-            )
-            replace_table(con, "marts.replenishment_proposal")
-            con.execute(
-                """INSERT INTO marts.replenishment_proposal BY NAME
-                   SELECT item_id, location_id, planner_code, week,
-                          $w0::DATE + CAST(7 * week AS INTEGER) AS need_date,
-                          quantity, base_uom, matnr, forecast_version, $as_of::TIMESTAMPTZ AS run_as_of,
-                          projected_before, safety_stock, order_multiple
-                   FROM _align_proposals""",
-                {"as_of": clock.as_of, "w0": w0},
-            )
-            replace_table(con, "marts.projection")
-            if write_projection:
-                con.execute(
-                    """INSERT INTO marts.projection BY NAME
-                       SELECT item_id, location_id, week, $w0::DATE + CAST(7 * week AS INTEGER) AS week_start,
-                              demand, supply, projected, projected_with_proposals, proposal,
-                              $as_of::TIMESTAMPTZ AS run_as_of
-                       FROM _align_weeks""",
-                    {"as_of": clock.as_of, "w0": w0},
-                )
-    finally:
-        for name, frame in views.items():
-            if frame is not None:
-                try:
-                    con.unregister(name)
-                except Exception:  # registration failed earlier
-                    pass
-    return alignment_metadata(con)
+    write_run_frame(con, "marts.weekly_projection", lake_dir, clock.as_of,
+                    weekly if write_projection else weekly.clear())
+    del calc, weekly
+    contract = check_mart(con, "marts.forecast_order_alignment")
+    record_build(con, "forecast_order_alignment", fp, contract)
+    return {**alignment_metadata(con), "recomputed": True, "contract": contract}
 
 
 def alignment_metadata(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:

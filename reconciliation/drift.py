@@ -2,7 +2,11 @@
 
 One DuckDB statement over ``canonical.inventory_snapshot``, ``canonical.inventory_txn``,
 ``canonical.conflict_key``, ``canonical.item`` and ``canonical.item_location`` writes
-``marts.inventory_drift`` (this run) and appends it to ``marts.inventory_drift_history``.
+``marts.inventory_drift`` (this run, one Parquet file in the lake: ``mart_store.py``) and
+adds it to ``marts.inventory_drift_history``. A run whose snapshots, masters, settings
+and movements inside the snapshot window are those of the last build (typically an hourly
+run whose only news are movements after the snapshots) reuses the last file instead of
+recomputing it.
 
 Rules, with the decisions taken where the spec is silent:
 
@@ -29,14 +33,19 @@ Rules, with the decisions taken where the spec is silent:
 
 from __future__ import annotations
 
+import os
 from datetime import datetime
 from typing import Any
 
 import duckdb
 
+from contracts.outgoing import check_mart
 from contracts.settings import Settings
+from contracts.warehouse import default_lake_dir
 
-from .marts_ddl import ensure_marts, markdown_table, plain, replace_table, run_clock, transaction
+from .incremental import input_fingerprint, record_build, recorded_build
+from .mart_store import add_history_run, current_file, move_run_mart, write_run_mart
+from .marts_ddl import ensure_marts, markdown_table, plain, run_clock
 
 PAIRS = ("wms", "planning")
 
@@ -211,38 +220,61 @@ FROM status
 """
 
 
-def build_inventory_drift(
-    con: duckdb.DuckDBPyConnection, settings: Settings, as_of: datetime | str
-) -> dict[str, Any]:
-    """Write ``marts.inventory_drift`` for this run and append it to the history.
+DRIFT_INPUTS = ["canonical.inventory_snapshot", "canonical.item", "canonical.item_location"]
 
+# the WMS movements that can move a drift figure: those between the oldest and the newest
+# snapshot time (the conflict keys are rebuilt with canonical.inventory_snapshot)
+_MOVEMENT_DIGEST_SQL = """
+WITH w AS (
+    SELECT min(snapshot_at) AS lo, max(snapshot_at) AS hi
+    FROM canonical.inventory_snapshot WHERE system IN ('erp', 'wms', 'planning')
+)
+SELECT count(*), coalesce(bit_xor(hash(t.txn_id, t.item_id, t.location_id, t.qty, t.txn_at)), 0)
+FROM canonical.inventory_txn t, w
+WHERE t.txn_at > w.lo AND t.txn_at <= w.hi
+"""
+
+
+def build_inventory_drift(
+    con: duckdb.DuckDBPyConnection, settings: Settings, as_of: datetime | str,
+    lake_dir: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """Publish ``marts.inventory_drift`` for this run and add it to the history.
+
+    When the snapshots, masters, settings and the movements inside the snapshot window
+    are those of the last build, the last file is carried over to this run unchanged.
     Returns metadata: item-locations by status, pairs by status, the drift value total
-    (drifting pairs only) and a markdown table of the 10 largest drifts.
+    (drifting pairs only), a markdown table of the 10 largest drifts, ``recomputed`` and
+    ``contract`` (the mart contract's result, ``contracts/outgoing.py``).
     """
     clock = run_clock(as_of)
-    params = {
-        "as_of": clock.as_of,
-        "abs_tol": float(settings.abs_tol),
-        "rel_tol": float(settings.rel_tol),
-        "eps": float(settings.match_epsilon),
-        "sev_high": float(settings.severity_high_value),
-        "sev_medium": float(settings.severity_medium_value),
-    }
+    lake_dir = lake_dir or default_lake_dir(con)
     ensure_marts(con)
-    _load_tolerances(con, settings)
-    try:
-        # Computed into a temp table before the write transaction: DuckDB scans data written
-        # in the *same* transaction single-threaded, committed temp data in parallel.
-        con.execute(f"CREATE OR REPLACE TEMP TABLE _drift AS {_DRIFT_SQL}", params)
-        with transaction(con):
-            replace_table(con, "marts.inventory_drift")
-            con.execute("INSERT INTO marts.inventory_drift BY NAME SELECT * FROM _drift")
-            con.execute("DELETE FROM marts.inventory_drift_history WHERE run_as_of = $as_of", {"as_of": clock.as_of})
-            con.execute("INSERT INTO marts.inventory_drift_history BY NAME SELECT * FROM _drift")
-    finally:
-        for temp in ("_drift", "_drift_tol_group", "_drift_tol_loc"):
-            con.execute(f"DROP TABLE IF EXISTS {temp}")
-    return drift_metadata(con)
+    movements = con.execute(_MOVEMENT_DIGEST_SQL).fetchone()
+    fp = input_fingerprint(con, DRIFT_INPUTS, settings, "", extra=f"movements={movements}")
+    contract = recorded_build(con, "inventory_drift", fp)
+    recomputed = contract is None or current_file(con, lake_dir, "marts.inventory_drift") is None
+    if recomputed:
+        params = {
+            "as_of": clock.as_of,
+            "abs_tol": float(settings.abs_tol),
+            "rel_tol": float(settings.rel_tol),
+            "eps": float(settings.match_epsilon),
+            "sev_high": float(settings.severity_high_value),
+            "sev_medium": float(settings.severity_medium_value),
+        }
+        _load_tolerances(con, settings)
+        try:
+            file = write_run_mart(con, "marts.inventory_drift", lake_dir, clock.as_of, _DRIFT_SQL, params)
+        finally:
+            for temp in ("_drift_tol_group", "_drift_tol_loc"):
+                con.execute(f"DROP TABLE IF EXISTS {temp}")
+        contract = check_mart(con, "marts.inventory_drift")
+        record_build(con, "inventory_drift", fp, contract)
+    else:
+        file = move_run_mart(con, "marts.inventory_drift", lake_dir, clock.as_of)
+    add_history_run(con, lake_dir, clock.as_of, file)
+    return {**drift_metadata(con), "recomputed": recomputed, "contract": contract}
 
 
 def drift_metadata(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:

@@ -1,28 +1,31 @@
 """Skip a mart whose inputs did not change since it was last built.
 
 A mart's *input fingerprint* combines the fingerprints of the canonical tables it reads
-(``ingest.canonical_state``, kept by the canonical build), the settings, and the part of
-the run clock its rules depend on. When the fingerprint equals the one recorded at its
-last build, the mart is left as it is (only its ``run_as_of`` column is moved to the
-new run), so an incremental run costs what changed. Tables filled some other way (tests
-that insert canonical rows directly) have no fingerprint: their marts are always built.
+(``ingest.canonical_state``, kept by the canonical build), the settings, the part of
+the run clock its rules depend on, and any digest the builder adds (drift adds one of the
+WMS movements that can move its figures). When the fingerprint equals the one recorded
+at its last build, the mart's file is carried over to the new run
+(``mart_store.move_run_mart``: a hard link, no rewrite) together with the result of its
+contract check, so an incremental run costs what changed. Tables filled some other way
+(tests that insert canonical rows directly) have no fingerprint: their marts are always
+built.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime
 
 import duckdb
 
 from contracts.settings import Settings
 
-_STATE_DDL = "CREATE TABLE IF NOT EXISTS marts.build_state (mart VARCHAR PRIMARY KEY, fingerprint VARCHAR, built_at TIMESTAMPTZ)"
+_STATE_DDL = ("CREATE TABLE IF NOT EXISTS marts.build_state (mart VARCHAR PRIMARY KEY, fingerprint VARCHAR, "
+              "built_at TIMESTAMPTZ, contract VARCHAR)")
 
 
 def input_fingerprint(con: duckdb.DuckDBPyConnection, inputs: list[str], settings: Settings,
-                      clock_key: str) -> str | None:
+                      clock_key: str, extra: str = "") -> str | None:
     """Fingerprint of the inputs, or None when one of them has no recorded build."""
     rows = dict(con.execute(
         "SELECT feed, fingerprint FROM ingest.canonical_state WHERE feed IN (SELECT unnest($t))",
@@ -34,30 +37,35 @@ def input_fingerprint(con: duckdb.DuckDBPyConnection, inputs: list[str], setting
         h.update(f"{t}={rows[t]}\n".encode())
     h.update(json.dumps(settings.as_dict(), sort_keys=True).encode())
     h.update(clock_key.encode())
+    h.update(extra.encode())
     return h.hexdigest()
 
 
-def is_current(con: duckdb.DuckDBPyConnection, mart: str, fingerprint: str | None) -> bool:
+def _state_table(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute("CREATE SCHEMA IF NOT EXISTS marts")
+    con.execute(_STATE_DDL)
+    con.execute("ALTER TABLE marts.build_state ADD COLUMN IF NOT EXISTS contract VARCHAR")
+
+
+def recorded_build(con: duckdb.DuckDBPyConnection, mart: str, fingerprint: str | None) -> dict | None:
+    """The contract result recorded with the mart's last build when that build had this
+    fingerprint (the mart is current), else None."""
     if fingerprint is None:
-        return False
-    con.execute("CREATE SCHEMA IF NOT EXISTS marts")
-    con.execute(_STATE_DDL)
-    row = con.execute("SELECT fingerprint FROM marts.build_state WHERE mart = ?", [mart]).fetchone()
-    return row is not None and row[0] == fingerprint
+        return None
+    _state_table(con)
+    row = con.execute("SELECT fingerprint, contract FROM marts.build_state WHERE mart = ?", [mart]).fetchone()
+    if row is None or row[0] != fingerprint:
+        return None
+    return json.loads(row[1]) if row[1] else {"failures": {}, "sample": []}
 
 
-def record_build(con: duckdb.DuckDBPyConnection, mart: str, fingerprint: str | None) -> None:
-    con.execute("CREATE SCHEMA IF NOT EXISTS marts")
-    con.execute(_STATE_DDL)
+def record_build(con: duckdb.DuckDBPyConnection, mart: str, fingerprint: str | None,
+                 contract: dict | None = None) -> None:
+    _state_table(con)
     if fingerprint is None:
         con.execute("DELETE FROM marts.build_state WHERE mart = ?", [mart])
         return
-    con.execute("""INSERT INTO marts.build_state VALUES (?, ?, now())
-                   ON CONFLICT (mart) DO UPDATE SET fingerprint = excluded.fingerprint, built_at = excluded.built_at""",
-                [mart, fingerprint])
-
-
-def move_run_clock(con: duckdb.DuckDBPyConnection, tables: list[str], as_of: datetime) -> None:
-    """Stamp unchanged mart rows with the new run's ``as_of``."""
-    for t in tables:
-        con.execute(f"UPDATE {t} SET run_as_of = $a WHERE run_as_of IS DISTINCT FROM $a", {"a": as_of})
+    con.execute("""INSERT INTO marts.build_state VALUES (?, ?, now(), ?)
+                   ON CONFLICT (mart) DO UPDATE SET fingerprint = excluded.fingerprint,
+                     built_at = excluded.built_at, contract = excluded.contract""",
+                [mart, fingerprint, json.dumps(contract, default=str) if contract is not None else None])

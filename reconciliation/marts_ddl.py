@@ -5,10 +5,12 @@ The columns named in ``shared/spec/outputs.md`` are a public contract: never ren
 drop one here. Extra columns are fine (analysts get more context) and are added to the
 persistent tables of an existing warehouse by :func:`ensure_marts`.
 
-Per-run tables (``inventory_drift``, ``forecast_order_alignment``,
-``replenishment_proposal``, ``projection``) are replaced by every run. Persistent tables
-(``inventory_drift_history``, ``exceptions``, ``exception_events``, ``kpis``) keep every
-run; each builder makes its own write idempotent per ``run_as_of``.
+Per-run marts (``inventory_drift``, ``forecast_order_alignment``,
+``replenishment_proposal``, ``projection``) are replaced by every run; they and the drift
+history (``inventory_drift_history``, every run) are Parquet files in the lake with views
+in DuckDB (see ``mart_store.py``). Persistent tables (``exceptions``,
+``exception_events``, ``kpis``) keep every run in the DuckDB file; each builder makes its
+own write idempotent per ``run_as_of``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any, Iterator, Sequence
 
 import duckdb
 
-from contracts.warehouse import columns_of
+from contracts.warehouse import columns_of, empty_select
 
 # --- column lists ------------------------------------------------------------------------
 INVENTORY_DRIFT_COLUMNS = """
@@ -74,10 +76,24 @@ REPLENISHMENT_PROPOSAL_COLUMNS = """
     safety_stock DOUBLE, order_multiple DOUBLE
 """
 
-PROJECTION_COLUMNS = """
-    item_id VARCHAR, location_id VARCHAR, week INTEGER, week_start DATE,
-    demand DOUBLE, supply DOUBLE, projected DOUBLE, projected_with_proposals DOUBLE,
-    proposal DOUBLE, run_as_of TIMESTAMPTZ
+# stored: one row per item-location, element k of each array = week k
+WEEKLY_PROJECTION_COLUMNS = """
+    item_id VARCHAR, location_id VARCHAR, week0_start DATE,
+    demand DOUBLE[], supply DOUBLE[], projected DOUBLE[], projected_with_proposals DOUBLE[],
+    proposal DOUBLE[], run_as_of TIMESTAMPTZ
+"""
+
+# marts.projection, a view: one row per item-location and week
+PROJECTION_VIEW = """
+SELECT item_id, location_id, CAST(week AS INTEGER) AS week, CAST(week0_start + 7 * CAST(week AS INTEGER) AS DATE)
+       AS week_start, demand, supply, projected, projected_with_proposals, proposal, run_as_of
+FROM (
+    SELECT item_id, location_id, week0_start, run_as_of,
+           unnest(range(len(demand))) AS week, unnest(demand) AS demand, unnest(supply) AS supply,
+           unnest(projected) AS projected, unnest(projected_with_proposals) AS projected_with_proposals,
+           unnest(proposal) AS proposal
+    FROM marts.weekly_projection
+)
 """
 
 EXCEPTIONS_COLUMNS = """
@@ -103,35 +119,42 @@ PER_RUN_TABLES = {
     "marts.inventory_drift": INVENTORY_DRIFT_COLUMNS,
     "marts.forecast_order_alignment": FORECAST_ORDER_ALIGNMENT_COLUMNS,
     "marts.replenishment_proposal": REPLENISHMENT_PROPOSAL_COLUMNS,
-    "marts.projection": PROJECTION_COLUMNS,
+    "marts.weekly_projection": WEEKLY_PROJECTION_COLUMNS,
 }
+# per-run marts and the drift history are Parquet in the lake with views in DuckDB
+# (mart_store.py); these keep their rows in the DuckDB file
 PERSISTENT_TABLES = {
-    "marts.inventory_drift_history": INVENTORY_DRIFT_COLUMNS,
     "marts.exceptions": EXCEPTIONS_COLUMNS,
     "marts.exception_events": EXCEPTION_EVENTS_COLUMNS,
     "marts.kpis": KPIS_COLUMNS,
 }
-MARTS_DDL = {**PER_RUN_TABLES, **PERSISTENT_TABLES}
-
-
-def column_names(table: str) -> list[str]:
-    return [name for name, _ in columns_of(MARTS_DDL[table])]
+LAKE_MARTS = {**PER_RUN_TABLES, "marts.inventory_drift_history": INVENTORY_DRIFT_COLUMNS}
+MARTS_DDL = {**LAKE_MARTS, **PERSISTENT_TABLES}
 
 
 def ensure_marts(con: duckdb.DuckDBPyConnection) -> None:
-    """Create the marts schema and every marts table that is missing; add columns that a
-    newer version of this module defines to persistent tables of an older warehouse."""
+    """Create the marts schema and every marts table or view that is missing (a lake mart
+    that was never built is an empty view with its columns); add columns that a newer
+    version of this module defines to persistent tables of an older warehouse."""
     con.execute("CREATE SCHEMA IF NOT EXISTS marts")
-    for name, cols in MARTS_DDL.items():
-        con.execute(f"CREATE TABLE IF NOT EXISTS {name} ({cols})")
+    existing = {f"marts.{t}": k for t, k in con.execute(
+        "SELECT table_name, table_type FROM information_schema.tables WHERE table_schema = 'marts'").fetchall()}
+    for name, cols in LAKE_MARTS.items():
+        if name not in existing:
+            con.execute(f"CREATE VIEW {name} AS {empty_select(cols)}")
+    if existing.get("marts.projection") != "VIEW":  # a table in a warehouse of an older version
+        con.execute("DROP TABLE IF EXISTS marts.projection")
+        con.execute(f"CREATE VIEW marts.projection AS {PROJECTION_VIEW}")
     for name, cols in PERSISTENT_TABLES.items():
+        if name not in existing:
+            con.execute(f"CREATE TABLE {name} ({cols})")
+            continue
+        have = {r[0] for r in con.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = 'marts' AND table_name = ?",
+            [name.split(".")[1]]).fetchall()}
         for col, typ in columns_of(cols):
-            con.execute(f"ALTER TABLE {name} ADD COLUMN IF NOT EXISTS {col} {typ}")
-
-
-def replace_table(con: duckdb.DuckDBPyConnection, table: str) -> None:
-    """Recreate a per-run table empty, with its declared columns."""
-    con.execute(f"CREATE OR REPLACE TABLE {table} ({MARTS_DDL[table]})")
+            if col.strip('"') not in have:
+                con.execute(f"ALTER TABLE {name} ADD COLUMN {col} {typ}")
 
 
 # --- run clock ---------------------------------------------------------------------------
