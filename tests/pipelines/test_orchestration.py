@@ -6,7 +6,7 @@ import dagster as dg
 import pytest
 
 from pipelines.jobs import inventory_sync_hourly, landing_sensor, reconcile_daily
-from pipelines.resources import AS_OF_TAG
+from pipelines.resources import AS_OF_TAG, DistsyncResource
 from tests.conftest import MINI
 from tests.contracts import kit
 from tests.s3server import moto_s3, upload_tree
@@ -84,3 +84,53 @@ def test_the_hourly_inventory_job_runs_after_a_full_run(tmp_path, mini_landing):
     done = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
     assert {"marts/inventory_drift", "delivery/planning_inventory_sync"} <= done
     assert "marts/forecast_order_alignment" not in done
+
+
+def test_steps_of_a_run_share_one_warehouse_connection_closed_when_the_run_ends(tmp_path):
+    import duckdb
+
+    seen = []
+
+    @dg.asset
+    def first(distsync: DistsyncResource) -> None:
+        with distsync.connect() as con:
+            con.execute("CREATE TABLE t (x INT)")
+            seen.append(con)
+
+    @dg.asset(deps=[first])
+    def second(distsync: DistsyncResource) -> None:
+        with distsync.connect() as con:
+            con.execute("INSERT INTO t VALUES (1)")
+            seen.append(con)
+
+    resource = DistsyncResource(data_dir=str(tmp_path), landing=str(tmp_path))
+    assert dg.materialize([first, second], resources={"distsync": resource}).success
+    assert len(seen) == 2 and seen[0] is seen[1]
+    # closed when the run ended: the file opens read-only in this same process
+    con = duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True)
+    assert con.execute("SELECT x FROM t").fetchall() == [(1,)]
+    con.close()
+    # outside a run every connect() is its own
+    with resource.connect() as a, resource.connect() as b:
+        assert a is not b
+
+
+def test_a_failed_step_leaves_no_open_transaction_for_the_next(tmp_path):
+    resource = DistsyncResource(data_dir=str(tmp_path), landing=str(tmp_path))
+    resource.setup_for_execution(None)
+    try:
+        with resource.connect() as con:
+            con.execute("CREATE TABLE t (x INT)")
+        with pytest.raises(RuntimeError):
+            with resource.connect() as con:
+                con.execute("BEGIN TRANSACTION")
+                con.execute("INSERT INTO t VALUES (1)")
+                raise RuntimeError("the step failed")
+        with resource.connect() as again:
+            assert again is con
+            again.execute("BEGIN TRANSACTION")  # would fail inside a still-open transaction
+            again.execute("INSERT INTO t VALUES (2)")
+            again.execute("COMMIT")
+            assert again.execute("SELECT x FROM t").fetchall() == [(2,)]
+    finally:
+        resource.teardown_after_execution(None)
