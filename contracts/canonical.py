@@ -8,11 +8,14 @@ table, so the Dagster check built on it is *blocking*.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 
 import duckdb
 import pandera.polars as pa
 import polars as pl
+
+from contracts.warehouse import CANONICAL_DDL, columns_of
 
 S, F, I, B = pl.String, pl.Float64, pl.Int64, pl.Boolean
 D, TS = pl.Date, pl.Datetime("us", "UTC")
@@ -28,6 +31,31 @@ def _positive(name: str = "positive") -> pa.Check:
 
 def _isin(*values: str) -> pa.Check:
     return pa.Check(lambda d: d.lazyframe.select(pl.col(d.key).is_in(list(values))), name="allowed_value")
+
+
+def unique_rows(columns: list[str]) -> pa.Check:
+    """Every row's ``columns`` occur once (pandera's ``unique=`` rule and failure cases:
+    every row of a repeated key fails).
+
+    Decided on a 64-bit hash of each row's key first: distinct hashes mean distinct keys,
+    so on a valid table (the normal case) the cost is one hash and one integer count —
+    several times cheaper than pandera's row-wise duplicate search over string keys (a
+    9.6M-row forecast: ~0.9 s instead of ~6 s of CPU). Only when two hashes collide are the
+    keys compared exactly, so a collision can never hide or invent a duplicate.
+    """
+    def check(data: pa.PolarsData) -> pl.LazyFrame:
+        keys = data.lazyframe.select(columns).collect()
+        hashes = keys.select(pl.struct(columns).hash(seed=0)).to_series()
+        if hashes.n_unique() == keys.height:
+            return pl.LazyFrame({"unique": pl.repeat(True, keys.height, eager=True)})
+        return keys.lazy().select((~pl.struct(columns).is_duplicated()).alias("unique"))
+
+    return pa.Check(check, name="multiple_fields_uniqueness")
+
+
+def schema(name: str, columns: dict[str, pa.Column], unique: list[str] | None = None) -> pa.DataFrameSchema:
+    """A lazily validated, non-strict schema; ``unique`` through :func:`unique_rows`."""
+    return pa.DataFrameSchema(columns, checks=[unique_rows(unique)] if unique else [], name=name, strict=False)
 
 
 def col(dtype, nullable: bool = False, checks: list | None = None) -> pa.Column:
@@ -82,22 +110,36 @@ SCHEMAS: dict[str, tuple[dict[str, pa.Column], list[str] | None]] = {
 @lru_cache(maxsize=None)
 def canonical_schema(table: str) -> pa.DataFrameSchema:
     columns, unique = SCHEMAS[table]
-    return pa.DataFrameSchema(columns, unique=unique, name=table, strict=False)
+    return schema(table, columns, unique)
 
 
-def validate_table(con: duckdb.DuckDBPyConnection, table: str, where: str = "", sample: int = 5) -> dict:
+_POLARS_TYPES = {"VARCHAR": S, "DOUBLE": F, "BIGINT": I, "INTEGER": pl.Int32, "BOOLEAN": B, "DATE": D,
+                 "TIMESTAMPTZ": TS}
+
+
+def validate_table(con: duckdb.DuckDBPyConnection, table: str, files: list[str | os.PathLike] | None = None,
+                   sample: int = 5) -> dict:
     """Check a canonical table against its contract.
+
+    ``files``: the Parquet files the table's view reads (its lake folder); they are read
+    by polars straight from disk, each column cast to the table's declared type as the
+    view does, which is several times cheaper than the DuckDB view handing a 10M-row
+    table to polars. Without them the table is read through DuckDB.
 
     Returns ``{"rows": n, "failures": {check: count}, "sample": [...]}``; no failures
     means the table may flow on.
     """
     columns, _ = SCHEMAS[table]
-    cols = ", ".join(columns)
-    frame = con.execute(f"SELECT {cols} FROM {table} {where}").pl()
-    # DuckDB hands TIMESTAMPTZ back in the session time zone; the contract is UTC
-    frame = frame.with_columns(
-        [pl.col(c).dt.convert_time_zone("UTC") for c, t in frame.schema.items() if isinstance(t, pl.Datetime)]
-    )
+    if files:
+        types = dict(columns_of(CANONICAL_DDL[table]))
+        frame = (pl.scan_parquet([str(f) for f in files], missing_columns="insert", extra_columns="ignore")
+                 .select(pl.col(c).cast(_POLARS_TYPES[types[c]]) for c in columns).collect())
+    else:
+        frame = con.execute(f"SELECT {', '.join(columns)} FROM {table}").pl()
+        # DuckDB hands TIMESTAMPTZ back in the session time zone; the contract is UTC
+        frame = frame.with_columns(
+            [pl.col(c).dt.convert_time_zone("UTC") for c, t in frame.schema.items() if isinstance(t, pl.Datetime)]
+        )
     return {"rows": frame.height, **schema_failures(canonical_schema(table), frame, sample)}
 
 

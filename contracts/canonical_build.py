@@ -161,9 +161,16 @@ def build_canonical_table(con: duckdb.DuckDBPyConnection, table: str, settings: 
     fp = _fingerprint(lake, files)
     state = con.execute("SELECT fingerprint FROM ingest.canonical_state WHERE feed = ?", [table]).fetchone()
     rebuilt = force or state is None or state[0] != fp
+    recorded = {name: sorted(con.execute(
+        "SELECT file_path, sha256, system, feed, extract_ts FROM ingest.current_files WHERE feed = ?",
+        [name]).fetchall()) for name in files}
+    if not rebuilt and all(recorded[name] == sorted(rows) for name, rows in files.items()):
+        changed_feeds = []  # an incremental run: nothing to write
+    else:
+        changed_feeds = feeds
     con.execute("BEGIN TRANSACTION")
     try:
-        for f in feeds:
+        for f in changed_feeds:
             con.execute("DELETE FROM ingest.current_files WHERE feed = ?", [f.name])
             if files[f.name]:
                 con.executemany("INSERT INTO ingest.current_files VALUES (?, ?, ?, ?, ?)", files[f.name])
@@ -190,7 +197,8 @@ def build_canonical_table(con: duckdb.DuckDBPyConnection, table: str, settings: 
     if cached is not None and not rebuilt:
         check = json.loads(cached[0])      # same files as the last check: not read again
     else:
-        check = validate_table(con, table)
+        folder = lake / "canonical" / table.split(".")[1]
+        check = validate_table(con, table, sorted(folder.glob("*.parquet")) if folder.is_dir() else None)
         con.execute(
             """INSERT INTO ingest.canonical_check VALUES (?, ?, ?)
                ON CONFLICT (table_name) DO UPDATE SET files_key = excluded.files_key, result = excluded.result""",
