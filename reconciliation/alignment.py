@@ -256,8 +256,8 @@ def build_forecast_order_alignment(
     calc = netting(base, h, eps)
     del base
     run_cols = {"week0_start": pl.lit(w0, pl.Date), "horizon_weeks": pl.lit(h, pl.Int32)}
-    write_run_frame(con, "marts.forecast_order_alignment", lake_dir, clock.as_of,
-                    classify(calc, h, eps, float(settings.excess_weeks)).with_columns(**run_cols))
+    alignment_file = write_run_frame(con, "marts.forecast_order_alignment", lake_dir, clock.as_of,
+                                     classify(calc, h, eps, float(settings.excess_weeks)).with_columns(**run_cols))
     attrs = ["item_id", "location_id", "planner_code", "base_uom", "matnr", "forecast_version",
              "safety_stock", "order_multiple"]
     proposals = pl.concat(
@@ -286,7 +286,7 @@ def build_forecast_order_alignment(
     write_run_frame(con, "marts.weekly_projection", lake_dir, clock.as_of,
                     weekly if write_projection else weekly.clear())
     del calc, weekly
-    contract = check_mart(con, "marts.forecast_order_alignment")
+    contract = check_mart(con, "marts.forecast_order_alignment", alignment_file)
     record_build(con, "forecast_order_alignment", fp, contract)
     return {**alignment_metadata(con), "recomputed": True, "contract": contract}
 

@@ -269,7 +269,7 @@ def build_inventory_drift(
         finally:
             for temp in ("_drift_tol_group", "_drift_tol_loc"):
                 con.execute(f"DROP TABLE IF EXISTS {temp}")
-        contract = check_mart(con, "marts.inventory_drift")
+        contract = check_mart(con, "marts.inventory_drift", file)
         record_build(con, "inventory_drift", fp, contract)
     else:
         file = move_run_mart(con, "marts.inventory_drift", lake_dir, clock.as_of)
