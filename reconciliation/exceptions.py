@@ -3,7 +3,10 @@ of §4 and the file/feed problems of §2).
 
 ``build_exceptions`` computes this run's *candidates* — one row per problem with a stable
 ``exception_id`` (md5 of type and natural key) — and merges them into the persistent
-``marts.exceptions``:
+``marts.exception_state``; ``marts.exceptions`` is a view over it (``marts_ddl.py``) in
+which an open exception's ``last_seen_at`` and ``age_days`` follow the newest merged run
+(``marts.exception_clock``), so a run that sees the same 500,000 open problems again
+writes the clock, not 500,000 rows:
 
 * new id → ``open``, ``first_seen_at = last_seen_at = as_of`` (event ``opened``);
 * open and seen again → ``last_seen_at = as_of``; severity, planner and details take
@@ -339,7 +342,8 @@ def build_exceptions(
 
 
 def _actions(con: duckdb.DuckDBPyConnection) -> None:
-    """What happens to each id: opened | resolved | reopened | seen (null: nothing)."""
+    """What happens to each id: opened | resolved | reopened | changed (seen again with other
+    values) | seen (null: nothing)."""
     con.execute(
         """
         CREATE OR REPLACE TEMP TABLE _exc_actions AS
@@ -349,53 +353,48 @@ def _actions(con: duckdb.DuckDBPyConnection) -> None:
                CASE WHEN e.exception_id IS NULL THEN 'opened'
                     WHEN c.exception_id IS NULL AND e.status = 'open' THEN 'resolved'
                     WHEN c.exception_id IS NOT NULL AND e.status = 'resolved' THEN 'reopened'
+                    WHEN c.exception_id IS NOT NULL
+                         AND (e.severity IS DISTINCT FROM c.severity OR e.item_id IS DISTINCT FROM c.item_id
+                              OR e.location_id IS DISTINCT FROM c.location_id
+                              OR e.reference IS DISTINCT FROM c.reference
+                              OR e.planner_code IS DISTINCT FROM c.planner_code
+                              OR e.details IS DISTINCT FROM c.details) THEN 'changed'
                     WHEN c.exception_id IS NOT NULL THEN 'seen' END AS action
         FROM _exc_candidates c
-        FULL OUTER JOIN marts.exceptions e USING (exception_id)
-        ) WHERE action IS NOT NULL
+        FULL OUTER JOIN marts.exception_state e USING (exception_id)
+        ) WHERE action IS NOT NULL AND action <> 'seen'
         """
     )
 
 
 def _merge(con: duckdb.DuckDBPyConnection, as_of: datetime) -> None:
     p = {"as_of": as_of}
+    # resolved: last seen by the previous merged run (the clock), stops ageing now
     con.execute(
         """
-        UPDATE marts.exceptions e
+        UPDATE marts.exception_state e
         SET status = 'resolved', resolved_at = $as_of,
+            last_seen_at = coalesce((SELECT max(as_of) FROM marts.exception_clock), e.last_seen_at),
             age_days = CAST(floor((epoch($as_of::TIMESTAMPTZ) - epoch(e.first_seen_at)) / 86400) AS INTEGER)
         FROM _exc_actions a
         WHERE a.exception_id = e.exception_id AND a.action = 'resolved'
         """,
         p,
     )
-    # seen again: move the clock (two narrow columns for every open row) ...
+    # seen again: its clock moves with marts.exception_clock (no write per open row); it
+    # takes this run's values where they changed
     con.execute(
         """
-        UPDATE marts.exceptions e
-        SET last_seen_at = $as_of,
-            age_days = CAST(floor((epoch($as_of::TIMESTAMPTZ) - epoch(e.first_seen_at)) / 86400) AS INTEGER)
-        FROM _exc_actions a
-        WHERE a.exception_id = e.exception_id AND a.action = 'seen' AND e.last_seen_at IS DISTINCT FROM $as_of
-        """,
-        p,
-    )
-    # ... and take this run's values only where they changed (DuckDB updates column-wise)
-    con.execute(
-        """
-        UPDATE marts.exceptions e
+        UPDATE marts.exception_state e
         SET severity = c.severity, item_id = c.item_id, location_id = c.location_id, reference = c.reference,
             planner_code = c.planner_code, details = c.details
         FROM _exc_candidates c, _exc_actions a
-        WHERE c.exception_id = e.exception_id AND a.exception_id = e.exception_id AND a.action = 'seen'
-          AND (e.severity IS DISTINCT FROM c.severity OR e.item_id IS DISTINCT FROM c.item_id
-               OR e.location_id IS DISTINCT FROM c.location_id OR e.reference IS DISTINCT FROM c.reference
-               OR e.planner_code IS DISTINCT FROM c.planner_code OR e.details IS DISTINCT FROM c.details)
+        WHERE c.exception_id = e.exception_id AND a.exception_id = e.exception_id AND a.action = 'changed'
         """
     )
     con.execute(
         """
-        UPDATE marts.exceptions e
+        UPDATE marts.exception_state e
         SET status = 'open', severity = c.severity, item_id = c.item_id, location_id = c.location_id,
             reference = c.reference, planner_code = c.planner_code, details = c.details,
             first_seen_at = $as_of, last_seen_at = $as_of, resolved_at = NULL, age_days = 0
@@ -406,7 +405,7 @@ def _merge(con: duckdb.DuckDBPyConnection, as_of: datetime) -> None:
     )
     con.execute(
         """
-        INSERT INTO marts.exceptions BY NAME
+        INSERT INTO marts.exception_state BY NAME
         SELECT c.exception_id, c.exception_type, c.severity, 'open' AS status, c.item_id, c.location_id,
                c.reference, c.planner_code, c.details,
                $as_of::TIMESTAMPTZ AS first_seen_at, $as_of::TIMESTAMPTZ AS last_seen_at,
@@ -424,6 +423,8 @@ def _merge(con: duckdb.DuckDBPyConnection, as_of: datetime) -> None:
         """,
         p,
     )
+    con.execute("DELETE FROM marts.exception_clock")
+    con.execute("INSERT INTO marts.exception_clock VALUES ($as_of)", p)
 
 
 def exceptions_metadata(con: duckdb.DuckDBPyConnection, as_of: datetime) -> dict[str, Any]:

@@ -8,9 +8,9 @@ persistent tables of an existing warehouse by :func:`ensure_marts`.
 Per-run marts (``inventory_drift``, ``forecast_order_alignment``,
 ``replenishment_proposal``, ``projection``) are replaced by every run; they and the drift
 history (``inventory_drift_history``, every run) are Parquet files in the lake with views
-in DuckDB (see ``mart_store.py``). Persistent tables (``exceptions``,
-``exception_events``, ``kpis``) keep every run in the DuckDB file; each builder makes its
-own write idempotent per ``run_as_of``.
+in DuckDB (see ``mart_store.py``). Persistent tables (``exception_state`` behind the
+``exceptions`` view, ``exception_events``, ``kpis``) keep every run in the DuckDB file;
+each builder makes its own write idempotent per ``run_as_of``.
 """
 
 from __future__ import annotations
@@ -124,10 +124,25 @@ PER_RUN_TABLES = {
 # per-run marts and the drift history are Parquet in the lake with views in DuckDB
 # (mart_store.py); these keep their rows in the DuckDB file
 PERSISTENT_TABLES = {
-    "marts.exceptions": EXCEPTIONS_COLUMNS,
+    "marts.exception_state": EXCEPTIONS_COLUMNS,
     "marts.exception_events": EXCEPTION_EVENTS_COLUMNS,
     "marts.kpis": KPIS_COLUMNS,
 }
+
+# marts.exceptions, a view: an open exception was seen by the newest merged run, so its
+# last_seen_at and age_days follow that run's as_of (marts.exception_clock) instead of
+# being rewritten on every open row by every run; resolved rows keep their stored values
+EXCEPTIONS_VIEW = """
+SELECT e.exception_id, e.exception_type, e.severity, e.status, e.item_id, e.location_id, e.reference,
+       e.planner_code, e.details, e.first_seen_at,
+       CASE WHEN e.status = 'open' AND c.as_of IS NOT NULL THEN c.as_of ELSE e.last_seen_at END AS last_seen_at,
+       e.resolved_at,
+       CASE WHEN e.status = 'open' AND c.as_of IS NOT NULL
+            THEN CAST(floor((epoch(c.as_of) - epoch(e.first_seen_at)) / 86400) AS INTEGER)
+            ELSE e.age_days END AS age_days
+FROM marts.exception_state e
+LEFT JOIN (SELECT max(as_of) AS as_of FROM marts.exception_clock) c ON true
+"""
 LAKE_MARTS = {**PER_RUN_TABLES, "marts.inventory_drift_history": INVENTORY_DRIFT_COLUMNS}
 MARTS_DDL = {**LAKE_MARTS, **PERSISTENT_TABLES}
 
@@ -139,6 +154,13 @@ def ensure_marts(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("CREATE SCHEMA IF NOT EXISTS marts")
     existing = {f"marts.{t}": k for t, k in con.execute(
         "SELECT table_name, table_type FROM information_schema.tables WHERE table_schema = 'marts'").fetchall()}
+    if existing.get("marts.exceptions") == "BASE TABLE" and "marts.exception_state" not in existing:
+        # an older warehouse: its table becomes the state, its newest merged run the clock
+        con.execute("ALTER TABLE marts.exceptions RENAME TO exception_state")
+        con.execute("CREATE TABLE marts.exception_clock AS SELECT max(last_seen_at) AS as_of "
+                    "FROM marts.exception_state")
+        existing.update({"marts.exception_state": "BASE TABLE", "marts.exception_clock": "BASE TABLE"})
+        del existing["marts.exceptions"]
     for name, cols in LAKE_MARTS.items():
         if name not in existing:
             con.execute(f"CREATE VIEW {name} AS {empty_select(cols)}")
@@ -155,6 +177,10 @@ def ensure_marts(con: duckdb.DuckDBPyConnection) -> None:
         for col, typ in columns_of(cols):
             if col.strip('"') not in have:
                 con.execute(f"ALTER TABLE {name} ADD COLUMN {col} {typ}")
+    if "marts.exception_clock" not in existing:
+        con.execute("CREATE TABLE marts.exception_clock (as_of TIMESTAMPTZ)")
+    if "marts.exceptions" not in existing:
+        con.execute(f"CREATE VIEW marts.exceptions AS {EXCEPTIONS_VIEW}")
 
 
 # --- run clock ---------------------------------------------------------------------------

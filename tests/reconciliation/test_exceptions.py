@@ -273,10 +273,43 @@ def test_results_do_not_depend_on_the_session_time_zone(db, settings):
     as_of = datetime(2026, 11, 30, 0, 30, tzinfo=UTC)
     run(db, settings, as_of)
     utc = db.rows("SELECT * EXCLUDE (first_seen_at, last_seen_at) FROM marts.exceptions ORDER BY exception_id")
-    db.con.execute("DELETE FROM marts.exceptions")
-    db.con.execute("DELETE FROM marts.exception_events")
+    for table in ("marts.exception_state", "marts.exception_clock", "marts.exception_events"):
+        db.con.execute(f"DELETE FROM {table}")
     db.con.execute("SET TimeZone = 'America/New_York'")
     run(db, settings, as_of)
     assert db.rows("SELECT * EXCLUDE (first_seen_at, last_seen_at) FROM marts.exceptions ORDER BY exception_id") == utc
     assert json.loads(db.rows(
         "SELECT details FROM marts.exceptions WHERE exception_type = 'LATE_PO'")[0]["details"])["days_late"] == 21
+
+
+def test_seeing_an_open_exception_again_moves_the_clock_not_the_row(db, settings):
+    _drifting(db, "A", 90)
+    run(db, settings, db.AS_OF)
+    stored = db.rows("SELECT * FROM marts.exception_state")
+    later = db.AS_OF + timedelta(days=3, hours=2)
+    run(db, settings, later)
+    assert db.rows("SELECT * FROM marts.exception_state") == stored  # nothing rewritten
+    a = db.row("marts.exceptions", "A", "1010")
+    assert (a["status"], a["first_seen_at"], a["last_seen_at"], a["age_days"]) == ("open", db.AS_OF, later, 3)
+    _set_wms(db, "A", 100)  # fixed: resolved, last seen by the previous run
+    run(db, settings, later + timedelta(days=1))
+    a = db.row("marts.exceptions", "A", "1010")
+    assert (a["status"], a["last_seen_at"], a["resolved_at"], a["age_days"]) == \
+        ("resolved", later, later + timedelta(days=1), 4)
+
+
+def test_exceptions_table_of_an_older_warehouse_becomes_the_state(db, settings):
+    from reconciliation.marts_ddl import EXCEPTIONS_COLUMNS
+
+    db.con.execute("CREATE SCHEMA IF NOT EXISTS marts")
+    db.con.execute(f"CREATE TABLE marts.exceptions ({EXCEPTIONS_COLUMNS})")
+    earlier = db.AS_OF - timedelta(days=5)
+    db.con.execute("INSERT INTO marts.exceptions (exception_id, exception_type, severity, status, item_id, "
+                   "location_id, reference, planner_code, first_seen_at, last_seen_at, age_days) VALUES "
+                   "(md5('INVENTORY_DRIFT|A|1010|wms'), 'INVENTORY_DRIFT', 'low', 'open', 'A', '1010', 'wms', 'P09', "
+                   "?, ?, 2)", [earlier, earlier + timedelta(days=2)])
+    _drifting(db, "A", 90)
+    meta = run(db, settings, db.AS_OF)
+    assert (meta["opened"], meta["open_exceptions"]) == (0, 1)  # the same problem, still open
+    a = db.row("marts.exceptions", "A", "1010")
+    assert (a["first_seen_at"], a["last_seen_at"], a["age_days"]) == (earlier, db.AS_OF, 5)
