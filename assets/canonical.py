@@ -12,9 +12,8 @@ import dagster as dg
 from assets.ingestion import ingest_key
 from assets.metadata import md
 from contracts.canonical_build import CANONICAL_TABLE, build_canonical_table, build_feed_status, feeds_of
-from contracts.ingest import record_unrecognised
+from contracts.ingest import export_ingest_tables, record_unrecognised
 from contracts.landing import list_landing
-from contracts.warehouse import export_to_lake
 from pipelines.resources import DistsyncResource
 
 CANONICAL_TABLES = sorted(set(CANONICAL_TABLE.values()))
@@ -80,8 +79,7 @@ def feed_status(context: dg.AssetExecutionContext, distsync: DistsyncResource) -
     with distsync.connect() as con:
         recorded = [o for o in (record_unrecognised(con, u, as_of) for u in unknown) if o is not None]
         rows = build_feed_status(con, distsync.load_settings(), as_of)
-        for t in ("ingest.manifest", "ingest.quarantine", "ingest.feed_status"):
-            export_to_lake(con, t, str(distsync.lake_path()))
+        export_ingest_tables(con, str(distsync.lake_path()))
     stale = [r for r in rows if r["stale"]]
     table = [{k: r[k] for k in ("system", "feed", "newest_file", "age_hours", "freshness_limit_hours", "stale")}
              for r in rows]

@@ -33,7 +33,7 @@ from contracts.feeds import FEEDS, INGEST_ORDER, Feed, LandingFile
 from contracts.mapping import Prepared, References, prepare
 from contracts.readers import ROW_NUMBER, FileRejected, read_feed_file
 from contracts.settings import Settings
-from contracts.warehouse import create_all, default_lake_dir, table_exists
+from contracts.warehouse import create_all, default_lake_dir, export_to_lake, table_exists
 
 
 @dataclass
@@ -304,6 +304,17 @@ def ingest_landing(con: duckdb.DuckDBPyConnection, landing: str, settings: Setti
     if build:
         build_feed_status(con, settings, as_of)
     return results
+
+
+def export_ingest_tables(con: duckdb.DuckDBPyConnection, lake_dir: str) -> None:
+    """``ingest.manifest``, ``ingest.quarantine`` and ``ingest.feed_status`` to the lake. The
+    first two change only together with a manifest row, so a run that ingested nothing
+    does not rewrite them."""
+    version = ":".join(map(str, con.execute(
+        "SELECT count(*), max(seq), (SELECT count(*) FROM ingest.quarantine) FROM ingest.manifest").fetchone()))
+    for table in ("ingest.manifest", "ingest.quarantine"):
+        export_to_lake(con, table, lake_dir, version=version)
+    export_to_lake(con, "ingest.feed_status", lake_dir)
 
 
 def quarantine_summary(con: duckdb.DuckDBPyConnection, feed: str, limit: int = 5) -> tuple[dict, list[dict]]:

@@ -50,6 +50,10 @@ INGEST_DDL = {
         system VARCHAR, feed VARCHAR, item_id VARCHAR, location_id VARCHAR, natural_key VARCHAR,
         _file_path VARCHAR, _sha256 VARCHAR
     """,
+    # the version at which an ingest table was last exported to the lake (export_to_lake)
+    "ingest.lake_export": """
+        table_name VARCHAR PRIMARY KEY, version VARCHAR
+    """,
     # what was last seen at a path (size + mtime / ETag), to skip unchanged files
     # without reading or hashing them again
     "ingest.file_state": """
@@ -208,26 +212,29 @@ def drop_table_or_view(con: duckdb.DuckDBPyConnection, qualified: str) -> None:
         con.execute(f"DROP {'VIEW' if kind == 'VIEW' else 'TABLE'} {qualified}")
 
 
-def export_to_lake(con: duckdb.DuckDBPyConnection, qualified: str, lake_dir: str, run_as_of=None) -> str:
-    """Write a table as ``<lake>/<schema>/<table>/data.parquet``, or, with ``run_as_of``,
-    that run's rows of an append-only table as ``.../run_as_of=<UTC timestamp>.parquet``.
+def export_to_lake(con: duckdb.DuckDBPyConnection, qualified: str, lake_dir: str, version: str | None = None) -> str:
+    """Write a table as ``<lake>/<schema>/<table>/data.parquet``.
 
     The file is written next to its final name and renamed, so a reader never sees half
-    a file.
+    a file. With ``version`` (anything that changes whenever the table does), a table
+    whose file was already written at that version is not written again.
     """
     import os
 
     schema, table = qualified.split(".")
     folder = os.path.join(lake_dir, schema, table)
+    final = os.path.join(folder, "data.parquet")
+    if version is not None and os.path.exists(final):
+        row = con.execute("SELECT version FROM ingest.lake_export WHERE table_name = ?", [qualified]).fetchone()
+        if row is not None and row[0] == version:
+            return final
     os.makedirs(folder, exist_ok=True)
-    if run_as_of is None:
-        final, where, params = os.path.join(folder, "data.parquet"), "", {}
-    else:
-        final = os.path.join(folder, f"run_as_of={run_as_of.strftime('%Y%m%dT%H%M%SZ')}.parquet")
-        where, params = "WHERE run_as_of = $r", {"r": run_as_of}
     tmp = final + ".tmp"
-    con.execute(f"COPY (SELECT * FROM {qualified} {where}) TO '{tmp}' (FORMAT parquet, COMPRESSION zstd)", params)
+    con.execute(f"COPY (SELECT * FROM {qualified}) TO '{tmp}' (FORMAT parquet, COMPRESSION zstd)")
     os.replace(tmp, final)
+    if version is not None:
+        con.execute("""INSERT INTO ingest.lake_export VALUES (?, ?)
+                       ON CONFLICT (table_name) DO UPDATE SET version = excluded.version""", [qualified, version])
     return final
 
 
