@@ -100,8 +100,14 @@ def _link(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
-def _publish(con: duckdb.DuckDBPyConnection, table: str, lake: Path, files: dict[str, list[tuple]]) -> Path:
-    """Write ``<lake>/canonical/<table>/`` for the given current files; return the folder."""
+def _publish(con: duckdb.DuckDBPyConnection, table: str, lake: Path, files: dict[str, list[tuple]],
+             built_from: dict[str, list[tuple]] | None = None) -> Path:
+    """Write ``<lake>/canonical/<table>/`` for the given current files; return the folder.
+
+    ``built_from``: the current files the existing folder was built from. An event feed
+    (``transaction``) whose files are those plus newer ones keeps the parts it has and
+    gets one more with the newly delivered ``txn_id``s (the hourly run's case), instead of
+    deduplicating every movement again."""
     name = table.split(".")[1]
     final = lake / "canonical" / name
     tmp = lake / "canonical" / f".{name}.building"
@@ -115,7 +121,19 @@ def _publish(con: duckdb.DuckDBPyConnection, table: str, lake: Path, files: dict
             raise FileNotFoundError(f"staging Parquet missing for {feed_name}: {missing[0]} (re-ingest the file)")
         if not paths:
             continue
-        if feed.kind in (SNAPSHOT, VERSIONED):
+        before = (built_from or {}).get(feed_name) or []
+        parts = sorted(final.glob(f"{feed.name}*.parquet")) if final.is_dir() else []
+        if feed.kind == EVENTS and before and parts and len(rows) > len(before) and rows[:len(before)] == before:
+            for p in parts:
+                _link(p, tmp / p.name)
+            out = tmp / f"{feed.name}.{len(parts):05d}.parquet"
+            con.execute(
+                f"""COPY (SELECT * EXCLUDE (filename) FROM read_parquet({_sql_list(paths[len(before):])},
+                          filename = true, union_by_name = true)
+                          WHERE txn_id NOT IN (SELECT txn_id FROM read_parquet({_sql_list(parts)}))
+                          QUALIFY row_number() OVER (PARTITION BY txn_id ORDER BY filename, _row_number) = 1)
+                    TO '{out}' (FORMAT parquet, COMPRESSION lz4)""")
+        elif feed.kind in (SNAPSHOT, VERSIONED):
             for p in paths:
                 _link(p, tmp / f"{feed.name}__{p.name}")
         else:
@@ -161,10 +179,11 @@ def build_canonical_table(con: duckdb.DuckDBPyConnection, table: str, settings: 
     fp = _fingerprint(lake, files)
     state = con.execute("SELECT fingerprint FROM ingest.canonical_state WHERE feed = ?", [table]).fetchone()
     rebuilt = force or state is None or state[0] != fp
-    recorded = {name: sorted(con.execute(
-        "SELECT file_path, sha256, system, feed, extract_ts FROM ingest.current_files WHERE feed = ?",
-        [name]).fetchall()) for name in files}
-    if not rebuilt and all(recorded[name] == sorted(rows) for name, rows in files.items()):
+    # the current files the table was last built from, in the order select_current_files gives
+    recorded = {name: con.execute(
+        "SELECT file_path, sha256, system, feed, extract_ts FROM ingest.current_files WHERE feed = ? "
+        "ORDER BY extract_ts, file_path", [name]).fetchall() for name in files}
+    if not rebuilt and all(sorted(recorded[name]) == sorted(rows) for name, rows in files.items()):
         changed_feeds = []  # an incremental run: nothing to write
     else:
         changed_feeds = feeds
@@ -175,7 +194,8 @@ def build_canonical_table(con: duckdb.DuckDBPyConnection, table: str, settings: 
             if files[f.name]:
                 con.executemany("INSERT INTO ingest.current_files VALUES (?, ?, ?, ?, ?)", files[f.name])
         if rebuilt:
-            folder = _publish(con, table, lake, files)
+            same_folder = state is not None and state[0] == _fingerprint(lake, recorded)
+            folder = _publish(con, table, lake, files, recorded if same_folder else None)
             _create_view(con, table, folder)
             if table == "canonical.inventory_snapshot":
                 con.execute("DELETE FROM canonical.conflict_key")
