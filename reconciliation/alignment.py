@@ -260,9 +260,10 @@ def build_forecast_order_alignment(
                                      classify(calc, h, eps, float(settings.excess_weeks)).with_columns(**run_cols))
     attrs = ["item_id", "location_id", "planner_code", "base_uom", "matnr", "forecast_version",
              "safety_stock", "order_multiple"]
+    # lazily, so that each week's filter reads only the columns it keeps
     proposals = pl.concat(
         [
-            calc.filter(pl.col(f"pr{w}") > eps).select(
+            calc.lazy().filter(pl.col(f"pr{w}") > eps).select(
                 *attrs,
                 pl.lit(w, pl.Int32).alias("week"),
                 pl.col(f"pr{w}").alias("quantity"),
@@ -270,7 +271,7 @@ def build_forecast_order_alignment(
             )
             for w in range(h)
         ]
-    ).with_columns(need_date=pl.lit(w0, pl.Date) + pl.duration(weeks=pl.col("week")))
+    ).with_columns(need_date=pl.lit(w0, pl.Date) + pl.duration(weeks=pl.col("week"))).collect()
     write_run_frame(con, "marts.replenishment_proposal", lake_dir, clock.as_of, proposals)
     del proposals
     # one row per item-location, one array element per week (marts.projection unnests it)
