@@ -238,12 +238,10 @@ def export_to_lake(con: duckdb.DuckDBPyConnection, qualified: str, lake_dir: str
     return final
 
 
-_TEMP_LAKES: dict[int, str] = {}
-
-
 def default_lake_dir(con: duckdb.DuckDBPyConnection) -> str:
     """``<folder of the warehouse file>/lake``; for an in-memory warehouse a temporary
-    folder that lives as long as the process (removed at exit)."""
+    folder of its own (kept in a session variable of the connection, so that a later
+    connection never inherits another's folder) that is removed when the process exits."""
     import atexit
     import os
     import shutil
@@ -252,9 +250,10 @@ def default_lake_dir(con: duckdb.DuckDBPyConnection) -> str:
     row = con.execute("SELECT path FROM duckdb_databases() WHERE database_name = current_database()").fetchone()
     if row and row[0]:
         return os.path.join(os.path.dirname(os.path.abspath(row[0])), "lake")
-    key = id(con)
-    if key not in _TEMP_LAKES:
-        path = tempfile.mkdtemp(prefix="distsync-lake-")
-        atexit.register(shutil.rmtree, path, True)
-        _TEMP_LAKES[key] = path
-    return _TEMP_LAKES[key]
+    known = con.execute("SELECT getvariable('distsync_lake')").fetchone()[0]
+    if known:
+        return known
+    path = tempfile.mkdtemp(prefix="distsync-lake-")
+    atexit.register(shutil.rmtree, path, True)
+    con.execute("SET VARIABLE distsync_lake = '" + path.replace("'", "''") + "'")
+    return path
