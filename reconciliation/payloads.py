@@ -168,6 +168,17 @@ def last_state(outbox: EmittedState | None, payload_type: str) -> pl.DataFrame:
     return outbox.last_emitted(payload_type) if outbox is not None else _EMPTY_STATE
 
 
+_LAST_COLUMNS = ("_last_content", "_last_version", "_last_run")
+
+
+def join_last(frame: pl.DataFrame, last: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` (with ``business_key``) and the last emitted ``content``,
+    ``content_version`` and ``run_as_of`` of each key (null when never emitted)."""
+    last = last.select("business_key", *(pl.col(c).alias(a) for c, a in
+                                          zip(("content", "content_version", "run_as_of"), _LAST_COLUMNS)))
+    return frame.join(last, on="business_key", how="left")
+
+
 def version_records(
     frame: pl.DataFrame,
     payload_type: str,
@@ -179,18 +190,14 @@ def version_records(
     records to emit: delta against ``last`` (the state :func:`last_state` returns; see
     the module doc)."""
     fields = FIELDS[payload_type]
-    df = frame.select(fields).with_columns(
+    joined = _LAST_COLUMNS[0] in frame.columns  # already joined to ``last`` by the caller
+    df = frame.select(*fields, *(_LAST_COLUMNS if joined else ())).with_columns(
         business_key=frame["business_key"] if "business_key" in frame.columns
         else json_column(frame, BUSINESS_KEY[payload_type]),
         content=json_column(frame, COMPARED[payload_type]),
     )
-    last = last.select(
-        "business_key",
-        pl.col("content").alias("_last_content"),
-        pl.col("content_version").alias("_last_version"),
-        pl.col("run_as_of").alias("_last_run"),
-    )
-    df = df.join(last, on="business_key", how="left")
+    if not joined:
+        df = join_last(df, last)
     changed = pl.col("_last_content").is_null() | (pl.col("_last_content") != pl.col("content"))
     if full_sync:
         same_run = pl.col("_last_run").is_not_null() & (pl.col("_last_run") == pl.lit(run_as_of))
@@ -444,10 +451,9 @@ def build_planning_inventory_sync(
     }
     last = last_state(outbox, PLANNING_INVENTORY_SYNC)
     # a key absent from ERP is sent (as 0) only when the planning system has had a value
-    emitted_keys = last.select("business_key", _emitted=pl.lit(True))
-    mapped = (base.filter(~unmapped & ~ambiguous)
-              .join(emitted_keys, on="business_key", how="left", maintain_order="left")
-              .filter(pl.col("erp_present") | pl.col("_emitted").fill_null(False)).drop("_emitted"))
+    # one join with the last state serves this filter and the delta in version_records
+    mapped = join_last(base.filter(~unmapped & ~ambiguous), last).filter(
+        pl.col("erp_present") | pl.col("_last_content").is_not_null())
     stats["dropped_out_of_erp"] = mapped.filter(~pl.col("erp_present")).height
     records, vstats = version_records(mapped, PLANNING_INVENTORY_SYNC, as_of, last, full_sync)
     stats.update(vstats, records=records.height, full_sync=full_sync)
