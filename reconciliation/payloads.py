@@ -35,7 +35,9 @@ Idempotency and delta — one rule for both payload types
   ``need_date``).
 
 The last emitted state per business key is read from the SQL outbox
-(:meth:`reconciliation.outbox.Outbox.last_emitted`).
+(:meth:`reconciliation.outbox.Outbox.last_emitted`, cached as Parquet while the outbox
+has no new batch). :func:`input_fingerprint` digests exactly what a build reads, so
+that an unchanged build can be skipped (:mod:`reconciliation.delivery`).
 
 Decisions where the spec is silent
 ----------------------------------
