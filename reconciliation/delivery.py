@@ -35,7 +35,7 @@ Decisions where the spec is silent:
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Callable
 
@@ -69,7 +69,6 @@ class Delivery:
     contract: dict[str, Any]
     result: BatchResult | None = None
     skipped: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _stored(con: duckdb.DuckDBPyConnection, payload_type: str) -> tuple | None:
