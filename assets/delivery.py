@@ -4,14 +4,16 @@ Each payload asset builds its records (``reconciliation/payloads.py``), checks t
 against the outgoing contract (``contracts/outgoing.py``), and emits only what was not
 emitted before (``reconciliation/outbox.py``): re-running a run writes nothing new. A
 payload whose blocking inputs failed (a rejected or stale ERP inventory feed) is
-reported, not sent: its ``sendable`` check fails and the run summary says so.
+reported, not sent: its ``sendable`` check fails and the run summary says so. A payload
+whose inputs and outbox state did not change since its last build is not rebuilt
+(``reconciliation/delivery.py``; metadata ``skipped``).
 """
 
 import dagster as dg
 
 from assets.marts import ALIGNMENT, DRIFT, EXCEPTIONS, FEED_STATUS, KPIS
-from contracts.outgoing import check_payload
 from pipelines.resources import DistsyncResource
+from reconciliation.delivery import deliver
 from reconciliation.outbox import Outbox
 from reconciliation.payloads import build_erp_replenishment_proposal, build_planning_inventory_sync
 from reconciliation.reports import write_reports
@@ -23,45 +25,40 @@ REPORTS = dg.AssetKey(["delivery", "exception_reports"])
 
 def _outbox(distsync: DistsyncResource) -> Outbox:
     return Outbox(distsync.outbox_sql_url(), distsync.outbox_folder_url(),
-                  schema_version=distsync.load_settings().sync_schema_version)
+                  schema_version=distsync.load_settings().sync_schema_version,
+                  state_cache=distsync.lake_path() / "sync" / "latest")
 
 
-def _emit(context, distsync: DistsyncResource, payload_type: str, key: dg.AssetKey, build) -> dg.MaterializeResult:
+def _emit(context, distsync: DistsyncResource, payload_type: str, key: dg.AssetKey, build,
+          full_sync: bool = False) -> dg.MaterializeResult:
     settings, as_of = distsync.load_settings(), distsync.resolve_as_of(context)
     outbox = _outbox(distsync)
     try:
         with distsync.connect() as con:
-            built = build(con, as_of, settings, outbox)
-            contract = check_payload(payload_type, built.records)
-            result = None
-            if built.blocked_reason is None and not contract["failures"]:
-                result = outbox.emit(payload_type, built.records, as_of)
-            outbox.mirror_to_duckdb(con)
-            if built.blocked_reason is not None:
-                con.execute("CREATE TABLE IF NOT EXISTS sync.blocked (payload_type VARCHAR, run_as_of TIMESTAMPTZ, "
-                            "reason VARCHAR, records_held BIGINT)")
-                con.execute("DELETE FROM sync.blocked WHERE payload_type = ? AND run_as_of = ?", [payload_type, as_of])
-                con.execute("INSERT INTO sync.blocked VALUES (?, ?, ?, ?)",
-                            [payload_type, as_of, built.blocked_reason, built.records.height])
+            done = deliver(con, outbox, payload_type, as_of,
+                           lambda con, as_of, outbox: build(con, as_of, settings, outbox),
+                           full_sync=full_sync)
     finally:
         outbox.close()
+    result = done.result
     meta = {
-        "records_built": built.records.height,
+        "records_built": done.records_built,
         "records_emitted": result.record_count if result else 0,
         "already_emitted": result.already_emitted if result else 0,
         "batch_id": (result.batch_id if result else None) or "none",
         "batch_file": dg.MetadataValue.path(result.file_path) if result and result.file_path else "none",
-        "blocked_reason": built.blocked_reason or "",
-        "stats": dg.MetadataValue.json(built.stats),
+        "blocked_reason": done.blocked_reason or "",
+        "skipped": done.skipped,
+        "stats": dg.MetadataValue.json(done.stats),
     }
     return dg.MaterializeResult(
         metadata=meta,
         check_results=[
-            dg.AssetCheckResult(check_name="sendable", passed=built.blocked_reason is None,
+            dg.AssetCheckResult(check_name="sendable", passed=done.blocked_reason is None,
                                 severity=dg.AssetCheckSeverity.ERROR,
-                                description=built.blocked_reason or "inputs passed their blocking checks"),
-            dg.AssetCheckResult(check_name="payload_contract", passed=not contract["failures"],
-                                metadata={"failures": contract["failures"]}),
+                                description=done.blocked_reason or "inputs passed their blocking checks"),
+            dg.AssetCheckResult(check_name="payload_contract", passed=not done.contract["failures"],
+                                metadata={"failures": done.contract["failures"]}),
         ],
     )
 
@@ -78,7 +75,7 @@ def _payload_checks(key: dg.AssetKey) -> list[dg.AssetCheckSpec]:
 def planning_inventory_sync(context: dg.AssetExecutionContext, distsync: DistsyncResource) -> dg.MaterializeResult:
     return _emit(context, distsync, "planning_inventory_sync", SYNC,
                  lambda con, as_of, settings, outbox: build_planning_inventory_sync(
-                     con, as_of, settings, outbox, full_sync=distsync.full_sync))
+                     con, as_of, settings, outbox, full_sync=distsync.full_sync), full_sync=distsync.full_sync)
 
 
 @dg.asset(key=PROPOSALS, group_name="delivery", pool="duckdb", kinds={"sqlite", "json"},

@@ -35,7 +35,9 @@ Idempotency and delta — one rule for both payload types
   ``need_date``).
 
 The last emitted state per business key is read from the SQL outbox
-(:meth:`reconciliation.outbox.Outbox.last_emitted`).
+(:meth:`reconciliation.outbox.Outbox.last_emitted`, cached as Parquet while the outbox
+has no new batch). :func:`input_fingerprint` digests exactly what a build reads, so
+that an unchanged build can be skipped (:mod:`reconciliation.delivery`).
 
 Decisions where the spec is silent
 ----------------------------------
@@ -68,8 +70,10 @@ Decisions where the spec is silent
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Protocol
 
 import duckdb
@@ -142,11 +146,12 @@ def iso_z(ts: datetime) -> str:
     return ts.strftime("%Y-%m-%dT%H:%M:%S.%fZ" if ts.microsecond else "%Y-%m-%dT%H:%M:%SZ")
 
 
-def sha256_hex(values: list[str]) -> list[str]:
+def sha256_hex(values: pl.Series) -> pl.Series:
     """sha256 hex digest of each string (UTF-8). Stable across library versions, unlike
-    ``polars.Series.hash``; ≈ 0.6 µs a value."""
+    ``polars.Series.hash``; ≈ 1.3 µs a value with the Python loop included (measured:
+    DuckDB's ``sha256()`` gives the same hex but costs more CPU)."""
     sha = hashlib.sha256
-    return [sha(v.encode()).hexdigest() for v in values]
+    return pl.Series(values.name, [sha(v.encode()).hexdigest() for v in values.to_list()], dtype=pl.String)
 
 
 def json_column(df: pl.DataFrame, columns: tuple[str, ...]) -> pl.Series:
@@ -165,6 +170,17 @@ def last_state(outbox: EmittedState | None, payload_type: str) -> pl.DataFrame:
     return outbox.last_emitted(payload_type) if outbox is not None else _EMPTY_STATE
 
 
+_LAST_COLUMNS = ("_last_content", "_last_version", "_last_run")
+
+
+def join_last(frame: pl.DataFrame, last: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` (with ``business_key``) and the last emitted ``content``,
+    ``content_version`` and ``run_as_of`` of each key (null when never emitted)."""
+    last = last.select("business_key", *(pl.col(c).alias(a) for c, a in
+                                          zip(("content", "content_version", "run_as_of"), _LAST_COLUMNS)))
+    return frame.join(last, on="business_key", how="left")
+
+
 def version_records(
     frame: pl.DataFrame,
     payload_type: str,
@@ -176,18 +192,14 @@ def version_records(
     records to emit: delta against ``last`` (the state :func:`last_state` returns; see
     the module doc)."""
     fields = FIELDS[payload_type]
-    df = frame.select(fields).with_columns(
+    joined = _LAST_COLUMNS[0] in frame.columns  # already joined to ``last`` by the caller
+    df = frame.select(*fields, *(_LAST_COLUMNS if joined else ())).with_columns(
         business_key=frame["business_key"] if "business_key" in frame.columns
         else json_column(frame, BUSINESS_KEY[payload_type]),
         content=json_column(frame, COMPARED[payload_type]),
     )
-    last = last.select(
-        "business_key",
-        pl.col("content").alias("_last_content"),
-        pl.col("content_version").alias("_last_version"),
-        pl.col("run_as_of").alias("_last_run"),
-    )
-    df = df.join(last, on="business_key", how="left")
+    if not joined:
+        df = join_last(df, last)
     changed = pl.col("_last_content").is_null() | (pl.col("_last_content") != pl.col("content"))
     if full_sync:
         same_run = pl.col("_last_run").is_not_null() & (pl.col("_last_run") == pl.lit(run_as_of))
@@ -196,13 +208,13 @@ def version_records(
         keep = changed
     out = df.filter(keep)
     stats = {"candidates": df.height, "unchanged": df.height - out.height}
-    prev = out["_last_version"].fill_null("").to_list()
-    versions = sha256_hex([f"{p}:{c}" for p, c in zip(prev, out["content"].to_list())])
-    keys = sha256_hex([f"{payload_type}\n{b}\n{v}" for b, v in zip(out["business_key"].to_list(), versions)])
-    out = out.with_columns(
-        content_version=pl.Series(versions, dtype=pl.String),
-        idempotency_key=pl.Series(keys, dtype=pl.String),
-    )
+    versions = sha256_hex(out.select(
+        pl.concat_str(pl.col("_last_version").fill_null(""), pl.lit(":"), pl.col("content"))).to_series())
+    out = out.with_columns(content_version=versions)
+    keys = sha256_hex(out.select(
+        pl.concat_str(pl.lit(f"{payload_type}\n"), pl.col("business_key"), pl.lit("\n"), pl.col("content_version"))
+    ).to_series())
+    out = out.with_columns(idempotency_key=keys)
     return out.select(*fields, "idempotency_key", *INTERNAL_COLUMNS), stats
 
 
@@ -280,6 +292,98 @@ def _other_run(con: duckdb.DuckDBPyConnection, table: str, as_of: datetime) -> s
     return None
 
 
+@dataclass(frozen=True)
+class BlockingChecks:
+    """Every blocking check of one payload type for a run: its mart belongs to another
+    run (``other_run``), and the checks of each feed it depends on (in the order of
+    :data:`BLOCKING_FEEDS`)."""
+
+    other_run: str | None
+    feeds: tuple[FeedCheck, ...]
+
+    @property
+    def reason(self) -> str | None:
+        reasons = [r for r in (self.other_run, *(r for f in self.feeds for r in f.reasons)) if r]
+        return "; ".join(reasons) or None
+
+    def outcome(self) -> list:
+        """What the records depend on, without the run-specific wording of the reasons
+        (a stale feed's age, the other run's time): for the input fingerprint."""
+        return [self.other_run is not None,
+                [[f.system, f.feed, f.missing, f.stale, f.rejected] for f in self.feeds]]
+
+
+MART: dict[str, str] = {
+    PLANNING_INVENTORY_SYNC: "marts.inventory_drift",
+    ERP_REPLENISHMENT_PROPOSAL: "marts.replenishment_proposal",
+}
+BLOCKING_FEEDS: dict[str, tuple[tuple[str, str], ...]] = {
+    PLANNING_INVENTORY_SYNC: (("erp", "inventory_balance"),),
+    ERP_REPLENISHMENT_PROPOSAL: PROPOSAL_BLOCKING_FEEDS,
+}
+
+
+def blocking_checks(con: duckdb.DuckDBPyConnection, payload_type: str, as_of: datetime) -> BlockingChecks:
+    as_of = utc(as_of)
+    return BlockingChecks(_other_run(con, MART[payload_type], as_of),
+                          tuple(check_feed(con, as_of, system, feed) for system, feed in BLOCKING_FEEDS[payload_type]))
+
+
+# --- input fingerprint (skip an unchanged rebuild) ----------------------------------------
+def _digest(columns: str) -> str:
+    """count, xor and sum of a row hash: an order-independent digest of a set of rows."""
+    return f"count(*), bit_xor(hash({columns})), sum(hash({columns})::HUGEINT)"
+
+
+# exactly the rows and columns each build reads
+_FINGERPRINT_SQL = {
+    PLANNING_INVENTORY_SYNC: f"""
+SELECT (SELECT [{_digest("item_id, location_id, erp_qty, erp_present, erp_as_of, status_wms")}]::VARCHAR
+        FROM marts.inventory_drift),
+       (SELECT [{_digest("item_id, external_code")}]::VARCHAR FROM canonical.item_xref
+        WHERE upper(system) = 'PLANNING' AND external_code IS NOT NULL),
+       (SELECT [{_digest("location_id, external_code")}]::VARCHAR FROM canonical.location_xref
+        WHERE upper(system) = 'PLANNING' AND external_code IS NOT NULL),
+       (SELECT [{_digest("item_id, base_uom")}]::VARCHAR FROM canonical.item)
+""",
+    ERP_REPLENISHMENT_PROPOSAL: f"""
+SELECT [{_digest("matnr, item_id, location_id, quantity, base_uom, need_date, forecast_version")}]::VARCHAR
+FROM marts.replenishment_proposal p
+WHERE p.quantity > 0 AND (p.run_as_of = $as_of OR p.run_as_of IS NULL)
+""",
+}
+_CODE = tuple(Path(__file__).parent.parent / f for f in (
+    "reconciliation/payloads.py", "reconciliation/outbox.py", "contracts/outgoing.py"))
+
+
+def input_fingerprint(con: duckdb.DuckDBPyConnection, payload_type: str, as_of: datetime,
+                      checks: BlockingChecks, full_sync: bool = False, schema_version: str = "") -> str:
+    """A content fingerprint of everything a build of ``payload_type`` reads from the
+    warehouse (the digest of exactly the mart, xref and item rows and columns it reads,
+    not their ``run_as_of``), the outcome of its blocking checks, ``full_sync`` (with the
+    run's ``as_of``, which a full sync depends on), the schema version and the code that
+    builds, checks and emits the records. Combined with the outbox's state token it says
+    whether a rebuild could give anything but the last build's result."""
+    as_of = utc(as_of)
+    params = {"as_of": as_of} if "$as_of" in _FINGERPRINT_SQL[payload_type] else {}
+    digest = con.execute(_FINGERPRINT_SQL[payload_type], params).fetchone()
+    code = [hashlib.sha256(p.read_bytes()).hexdigest() for p in _CODE]
+    parts = [payload_type, list(digest), checks.outcome(), full_sync, iso_z(as_of) if full_sync else None,
+             schema_version, code]
+    return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()
+
+
+def after_emission(stats: dict[str, Any]) -> dict[str, Any]:
+    """The stats a rebuild gives right after its records were all emitted: the same
+    candidates, every one now unchanged, nothing to send (a full sync too: everything was
+    just sent by this run)."""
+    out = dict(stats)
+    out["records"] = 0
+    if "candidates" in out:
+        out["unchanged"] = out["candidates"]
+    return out
+
+
 # --- planning_inventory_sync --------------------------------------------------------------
 _PLANNING_SQL = """
 WITH ix AS (
@@ -325,8 +429,8 @@ def build_planning_inventory_sync(
     """
     del settings  # no tunable number here: freshness is already in ingest.feed_status
     as_of = utc(as_of)
-    erp = check_feed(con, as_of, "erp", "inventory_balance")
-    blocked = [r for r in (_other_run(con, "marts.inventory_drift", as_of), *erp.reasons) if r]
+    checks = blocking_checks(con, PLANNING_INVENTORY_SYNC, as_of)
+    erp = checks.feeds[0]
     # a key has an open WMS INVENTORY_DRIFT exception exactly when this run's drift mart
     # says status_wms = 'drift' (that is the exception's rule); reading the mart keeps the
     # hourly sync, which does not rebuild the exceptions, as fresh as its drift
@@ -349,13 +453,13 @@ def build_planning_inventory_sync(
     }
     last = last_state(outbox, PLANNING_INVENTORY_SYNC)
     # a key absent from ERP is sent (as 0) only when the planning system has had a value
-    mapped = base.filter(~unmapped & ~ambiguous).filter(
-        pl.col("erp_present") | pl.col("business_key").is_in(last["business_key"].implode())
-    )
+    # one join with the last state serves this filter and the delta in version_records
+    mapped = join_last(base.filter(~unmapped & ~ambiguous), last).filter(
+        pl.col("erp_present") | pl.col("_last_content").is_not_null())
     stats["dropped_out_of_erp"] = mapped.filter(~pl.col("erp_present")).height
     records, vstats = version_records(mapped, PLANNING_INVENTORY_SYNC, as_of, last, full_sync)
     stats.update(vstats, records=records.height, full_sync=full_sync)
-    return PayloadBuild(records.sort(["product_code", "site_code"]), "; ".join(blocked) or None, stats)
+    return PayloadBuild(records.sort(["product_code", "site_code"]), checks.reason, stats)
 
 
 # --- erp_replenishment_proposal -----------------------------------------------------------
@@ -382,12 +486,10 @@ def build_erp_replenishment_proposal(
     ``(records, blocked_reason)`` like :func:`build_planning_inventory_sync`."""
     del settings
     as_of = utc(as_of)
-    blocked = [r for r in (_other_run(con, "marts.replenishment_proposal", as_of),) if r]
-    for system, feed in PROPOSAL_BLOCKING_FEEDS:
-        blocked += check_feed(con, as_of, system, feed).reasons
+    checks = blocking_checks(con, ERP_REPLENISHMENT_PROPOSAL, as_of)
     frame = con.execute(_PROPOSAL_SQL, {"decimals": QTY_DECIMALS, "as_of": as_of}).pl()
     last = last_state(outbox, ERP_REPLENISHMENT_PROPOSAL)
     records, vstats = version_records(frame, ERP_REPLENISHMENT_PROPOSAL, as_of, last)
     stats = {"proposals": frame.height, **vstats, "records": records.height}
-    return PayloadBuild(records.sort(["MATNR", "WERKS", "need_date"]), "; ".join(blocked) or None, stats)
+    return PayloadBuild(records.sort(["MATNR", "WERKS", "need_date"]), checks.reason, stats)
 

@@ -224,3 +224,177 @@ def test_mirror_from_memory_equals_mirror_read_back_from_sql(make_outbox):
     q = "SELECT * FROM sync.record ORDER BY idempotency_key"
     assert fast.execute(q).fetchall() == slow.execute(q).fetchall()
     assert fast.execute("SELECT * FROM sync.batch").fetchall() == slow.execute("SELECT * FROM sync.batch").fetchall()
+
+
+# --- storage: WITHOUT ROWID tables, the state cache, sync.record as Parquet files ----------
+def test_new_sqlite_outbox_uses_without_rowid_tables_and_16k_pages(tmp_path):
+    ob = Outbox(f"sqlite:///{tmp_path / 'outbox.sqlite'}", tmp_path / "outbox")
+    with ob.engine.connect() as conn:
+        ddl = dict(conn.exec_driver_sql("SELECT name, sql FROM sqlite_master WHERE type = 'table'").all())
+        page = conn.exec_driver_sql("PRAGMA page_size").scalar()
+    assert "WITHOUT ROWID" in ddl["sync_record"] and "WITHOUT ROWID" in ddl["sync_latest"]
+    assert page == 16384
+    ob.close()
+
+
+def test_an_existing_rowid_outbox_file_keeps_working(tmp_path):
+    """An outbox.sqlite made by the earlier code (rowid tables, 4 KiB pages) is used as it is."""
+    import sqlite3
+
+    path = tmp_path / "outbox.sqlite"
+    con = sqlite3.connect(path)
+    con.executescript("""
+        CREATE TABLE sync_batch (batch_id VARCHAR(64) NOT NULL, payload_type VARCHAR(64) NOT NULL,
+            schema_version VARCHAR(32) NOT NULL, created_at DATETIME NOT NULL, record_count BIGINT NOT NULL,
+            body_sha256 VARCHAR(64) NOT NULL, run_as_of DATETIME NOT NULL, file_path TEXT NOT NULL,
+            status VARCHAR(16) NOT NULL, PRIMARY KEY (batch_id));
+        CREATE TABLE sync_record (idempotency_key VARCHAR(64) NOT NULL, batch_id VARCHAR(64) NOT NULL,
+            payload_type VARCHAR(64) NOT NULL, business_key TEXT NOT NULL, body TEXT NOT NULL,
+            created_at DATETIME NOT NULL, PRIMARY KEY (idempotency_key));
+        CREATE INDEX ix_sync_record_batch_id ON sync_record (batch_id);
+        CREATE TABLE sync_latest (payload_type VARCHAR(64) NOT NULL, business_key TEXT NOT NULL,
+            content TEXT NOT NULL, content_version VARCHAR(64) NOT NULL, batch_id VARCHAR(64) NOT NULL,
+            PRIMARY KEY (payload_type, business_key));""")
+    con.close()
+    ob = Outbox(f"sqlite:///{path}", tmp_path / "outbox")
+    recs = synthetic(30)
+    assert ob.emit(PLANNING_INVENTORY_SYNC, recs.head(10), AS_OF).record_count == 10
+    res = ob.emit(PLANNING_INVENTORY_SYNC, recs, AS_OF)
+    assert (res.record_count, res.already_emitted) == (20, 10)
+    assert sql_counts(ob) == (2, 30, 30)
+    with ob.engine.connect() as conn:
+        assert "WITHOUT ROWID" not in conn.exec_driver_sql(
+            "SELECT sql FROM sqlite_master WHERE name = 'sync_record'").scalar()
+        assert conn.exec_driver_sql("PRAGMA page_size").scalar() == 4096
+    ob.close()
+
+
+def test_last_emitted_state_cache_follows_the_outbox(make_outbox, tmp_path):
+    """The cached state is used only while the outbox's batches are the ones it reflects:
+    an emission by another process (another Outbox object) invalidates it."""
+    cache = tmp_path / "state"
+    ob = make_outbox(state_cache=cache)
+    recs = synthetic(8)
+    ob.emit(PLANNING_INVENTORY_SYNC, recs.head(5), AS_OF)
+    state = ob.last_emitted(PLANNING_INVENTORY_SYNC)
+    [cached] = cache.glob(f"{PLANNING_INVENTORY_SYNC}.*.parquet")
+    assert cached.name == f"{PLANNING_INVENTORY_SYNC}.{ob.state_token(PLANNING_INVENTORY_SYNC)}.parquet"
+    uncached = make_outbox().last_emitted(PLANNING_INVENTORY_SYNC)  # read from SQL
+    key = ["business_key"]
+    assert state.sort(key).equals(uncached.sort(key)) and state.height == 5
+    # this process emits: the state moves on in memory and in the cache
+    ob.emit(PLANNING_INVENTORY_SYNC, recs, AS_OF)
+    assert ob.last_emitted(PLANNING_INVENTORY_SYNC).sort(key).equals(
+        make_outbox().last_emitted(PLANNING_INVENTORY_SYNC).sort(key))
+    # another process emits changed content: a fresh reader of the same cache sees it
+    changed = version_records(synthetic(8, qty=50.0).head(2), PLANNING_INVENTORY_SYNC, AS_OF,
+                              make_outbox().last_emitted(PLANNING_INVENTORY_SYNC))[0]
+    make_outbox().emit(PLANNING_INVENTORY_SYNC, changed, AS_OF)
+    again = make_outbox(state_cache=cache).last_emitted(PLANNING_INVENTORY_SYNC)
+    assert again.sort(key).equals(make_outbox().last_emitted(PLANNING_INVENTORY_SYNC).sort(key))
+    assert set(again.filter(pl.col("business_key").is_in(changed["business_key"].implode()))["content"]) == set(
+        changed["content"])
+    assert len(list(cache.glob(f"{PLANNING_INVENTORY_SYNC}.*.parquet"))) == 1  # older states removed
+
+
+def test_versioned_against_skips_the_probe_only_while_the_state_is_unchanged(make_outbox, monkeypatch):
+    ob = make_outbox()
+    recs = synthetic(6)
+    token = ob.state_token(PLANNING_INVENTORY_SYNC)
+    probes = []
+    real = Outbox.existing_keys
+    monkeypatch.setattr(Outbox, "existing_keys", lambda self, keys: probes.append(len(keys)) or real(self, keys))
+    assert ob.emit(PLANNING_INVENTORY_SYNC, recs.head(3), AS_OF, versioned_against=token).record_count == 3
+    assert probes == []
+    # the state moved on since `token` (the batch above): every key is looked up again
+    res = ob.emit(PLANNING_INVENTORY_SYNC, recs, AS_OF, versioned_against=token)
+    assert probes == [6] and (res.record_count, res.already_emitted) == (3, 3)
+    assert sql_counts(ob) == (2, 6, 6)
+
+
+def test_sync_record_is_a_view_over_one_parquet_file_per_batch(make_outbox, tmp_path):
+    ob = make_outbox()
+    first = ob.emit(PLANNING_INVENTORY_SYNC, synthetic(4), AS_OF)
+    con = duckdb.connect()
+    lake = tmp_path / "lake"
+    assert ob.mirror_to_duckdb(con, lake) == 1
+    assert con.execute("SELECT table_type FROM information_schema.tables WHERE table_schema = 'sync' "
+                       "AND table_name = 'record'").fetchone() == ("VIEW",)
+    assert (lake / "sync" / "record" / PLANNING_INVENTORY_SYNC / f"{first.batch_id}.parquet").exists()
+    assert [(c[0], str(c[1])) for c in con.execute("SELECT * FROM sync.record LIMIT 0").description] == [
+        ("idempotency_key", "VARCHAR"), ("batch_id", "VARCHAR"), ("payload_type", "VARCHAR"),
+        ("business_key", "VARCHAR"), ("body", "VARCHAR"), ("created_at", "TIMESTAMP WITH TIME ZONE")]
+    with ob.engine.connect() as conn:
+        sql_rows = sorted(conn.execute(sa.select(ob.record_table.c.idempotency_key, ob.record_table.c.body)).all())
+    assert sorted(con.execute("SELECT idempotency_key, body FROM sync.record").fetchall()) == sql_rows
+
+
+def test_mirror_crash_between_file_and_batch_row(make_outbox, tmp_path, monkeypatch):
+    """The file of a batch is written before its sync.batch row: a crash in between leaves
+    a file the view does not show (no records without their batch row, and no batch row
+    without its records); the next mirror completes it."""
+    ob = make_outbox()
+    ob.emit(PLANNING_INVENTORY_SYNC, synthetic(3), AS_OF)
+    lake = tmp_path / "lake"
+    con = duckdb.connect()
+    ob.mirror_to_duckdb(con, lake)
+    second = ob.emit(PLANNING_INVENTORY_SYNC, synthetic(5).tail(2), AS_OF + timedelta(hours=1))
+
+    class Crash(Exception):
+        pass
+
+    real_execute = duckdb.DuckDBPyConnection.execute
+
+    class CrashingCon:
+        def __getattr__(self, name):
+            return getattr(con, name)
+
+        def execute(self, sql, *args):
+            if sql.startswith("INSERT INTO sync.batch"):
+                raise Crash()
+            return real_execute(con, sql, *args)
+
+    with pytest.raises(Crash):
+        ob.mirror_to_duckdb(CrashingCon(), lake)
+    assert (lake / "sync" / "record" / PLANNING_INVENTORY_SYNC / f"{second.batch_id}.parquet").exists()
+    assert con.execute("SELECT count(*) FROM sync.batch").fetchone() == (1,)
+    assert con.execute("SELECT count(*), count(DISTINCT batch_id) FROM sync.record").fetchone() == (3, 1)
+    assert make_outbox().mirror_to_duckdb(con, lake) == 1  # another process: read back from SQL
+    assert con.execute("SELECT count(*) FROM sync.record").fetchone() == (5,)
+    assert con.execute("SELECT count(*) FROM sync.record r JOIN sync.batch b USING (batch_id)").fetchone() == (5,)
+
+
+def test_a_sync_record_table_of_an_older_warehouse_moves_to_files(make_outbox, tmp_path):
+    ob = make_outbox()
+    ob.emit(PLANNING_INVENTORY_SYNC, synthetic(4), AS_OF)
+    con = duckdb.connect()
+    old = make_outbox()
+    # the earlier layout: sync.record a table, filled by the earlier mirror
+    con.execute("CREATE SCHEMA sync")
+    con.execute("""CREATE TABLE sync.record (idempotency_key VARCHAR, batch_id VARCHAR, payload_type VARCHAR,
+                   business_key VARCHAR, body VARCHAR, created_at TIMESTAMPTZ)""")
+    con.execute("""CREATE TABLE sync.batch (batch_id VARCHAR, payload_type VARCHAR, schema_version VARCHAR,
+                   created_at TIMESTAMPTZ, record_count BIGINT, body_sha256 VARCHAR, run_as_of TIMESTAMPTZ,
+                   file_path VARCHAR, status VARCHAR)""")
+    with old.engine.connect() as conn:
+        rows = conn.execute(sa.select(old.record_table)).all()
+    for r in rows:
+        con.execute("INSERT INTO sync.record VALUES (?, ?, ?, ?, ?, ?)", [*r[:5], AS_OF])
+    before = sorted(con.execute("SELECT * FROM sync.record").fetchall())
+    batch = old.batches()
+    con.execute("INSERT INTO sync.batch BY NAME SELECT * FROM batch")
+    assert ob.mirror_to_duckdb(con, tmp_path / "lake") == 0
+    assert con.execute("SELECT table_type FROM information_schema.tables WHERE table_name = 'record'").fetchone() == (
+        "VIEW",)
+    assert sorted(con.execute("SELECT * FROM sync.record").fetchall()) == before
+
+
+def test_mirror_rewrites_a_lost_batch_file(make_outbox, tmp_path):
+    ob = make_outbox()
+    res = ob.emit(PLANNING_INVENTORY_SYNC, synthetic(4), AS_OF)
+    con = duckdb.connect()
+    ob.mirror_to_duckdb(con, tmp_path / "lake")
+    (tmp_path / "lake" / "sync" / "record" / PLANNING_INVENTORY_SYNC / f"{res.batch_id}.parquet").unlink()
+    assert ob.mirror_to_duckdb(con, tmp_path / "lake") == 1
+    assert con.execute("SELECT count(*) FROM sync.record").fetchone() == (4,)
+    assert con.execute("SELECT count(*) FROM sync.batch").fetchone() == (1,)

@@ -188,3 +188,119 @@ def test_proposals_blocked_by_stale_purchase_orders_not_by_a_stale_forecast(worl
     assert build_erp_replenishment_proposal(world.con, AS_OF, S).blocked_reason is None
     world.con.execute("UPDATE ingest.feed_status SET stale = true WHERE feed = 'purchase_order'")
     assert "erp/purchase_order is stale" in build_erp_replenishment_proposal(world.con, AS_OF, S).blocked_reason
+
+
+# --- skipping an unchanged build (reconciliation/delivery.py) ------------------------------
+def _deliver(world, ob, payload_type=PLANNING_INVENTORY_SYNC, as_of=AS_OF, full_sync=False, skip=True):
+    from reconciliation.delivery import deliver
+
+    if payload_type == PLANNING_INVENTORY_SYNC:
+        def build(con, as_of, outbox):
+            return build_planning_inventory_sync(con, as_of, S, outbox, full_sync=full_sync)
+    else:
+        def build(con, as_of, outbox):
+            return build_erp_replenishment_proposal(con, as_of, S, outbox)
+    return deliver(world.con, ob, payload_type, as_of, build, full_sync=full_sync, skip_unchanged=skip)
+
+
+def _next_run(world, hours=1):
+    """A later run over the same data: the marts' run clock moves on, nothing else."""
+    later = AS_OF + timedelta(hours=hours)
+    world.con.execute("UPDATE marts.inventory_drift SET run_as_of = ?", [later])
+    world.con.execute("UPDATE marts.replenishment_proposal SET run_as_of = ?", [later])
+    world.con.execute("UPDATE ingest.feed_status SET run_as_of = ?", [later])
+    return later
+
+
+def test_unchanged_inputs_skip_the_build_and_report_what_a_rebuild_gives(world, make_outbox, monkeypatch):
+    ob = make_outbox()
+    first = _deliver(world, ob)
+    assert not first.skipped and first.result.record_count == 3
+    later = _next_run(world)
+    calls = []
+    monkeypatch.setattr("reconciliation.payloads.version_records",
+                        lambda *a, **k: calls.append(1) or (_ for _ in ()).throw(AssertionError("rebuilt")))
+    again = _deliver(world, ob, as_of=later)
+    assert again.skipped and calls == []
+    monkeypatch.undo()
+    rebuilt = _deliver(world, ob, as_of=later, skip=False)  # the same answer, the long way
+    assert not rebuilt.skipped
+    assert (again.records_built, again.blocked_reason, again.contract) == (
+        rebuilt.records_built, rebuilt.blocked_reason, rebuilt.contract) == (0, None, {"failures": {}, "sample": []})
+    assert again.stats == rebuilt.stats
+    assert again.stats["unchanged"] == again.stats["candidates"] == 3
+    assert world.con.execute("SELECT count(*) FROM sync.record").fetchone() == (3,)
+
+
+def test_a_changed_quantity_rebuilds_and_emits(world, make_outbox):
+    ob = make_outbox()
+    _deliver(world, ob)
+    later = _next_run(world)
+    world.con.execute("UPDATE marts.inventory_drift SET erp_qty = 90 WHERE item_id = '104233' AND erp_present")
+    done = _deliver(world, ob, as_of=later)
+    assert not done.skipped and done.result.record_count == 1
+    assert world.con.execute("SELECT count(*) FROM sync.record").fetchone() == (4,)  # mirrored
+    assert _deliver(world, ob, as_of=later).skipped  # and now unchanged again
+
+
+def test_a_stale_erp_feed_rebuilds_blocked_and_a_blocked_skip_still_reports_it(world, make_outbox):
+    ob = make_outbox()
+    _deliver(world, ob)
+    later = _next_run(world)
+    world.con.execute("UPDATE ingest.feed_status SET stale = true, age_hours = 30 WHERE feed = 'inventory_balance'")
+    held = _deliver(world, ob, as_of=later)
+    assert not held.skipped and held.result is None
+    assert "erp/inventory_balance is stale" in held.blocked_reason and held.records_built == 3  # quality 'stale'
+    # the next run, still stale: skipped, but blocked with this run's reason and row
+    later2 = _next_run(world, hours=2)
+    world.con.execute("UPDATE ingest.feed_status SET age_hours = 31")
+    again = _deliver(world, ob, as_of=later2)
+    assert again.skipped and again.records_built == 3 and "31 h old" in again.blocked_reason
+    assert world.con.execute("SELECT run_as_of, records_held FROM sync.blocked ORDER BY 1").fetchall() == [
+        (later, 3), (later2, 3)]
+    # fresh again: rebuilt, sendable, and nothing to send (the 'stale' records never went out)
+    world.con.execute("UPDATE ingest.feed_status SET stale = false")
+    sent = _deliver(world, ob, as_of=later2)
+    assert not sent.skipped and sent.blocked_reason is None and sent.records_built == 0
+
+
+def test_an_emission_by_another_process_rebuilds(world, make_outbox):
+    ob = make_outbox()
+    _deliver(world, ob)
+    later = _next_run(world)
+    other = make_outbox()  # another process emits a changed record of the same payload type
+    world.con.execute("UPDATE marts.inventory_drift SET erp_qty = 1 WHERE item_id = '104234'")
+    recs = build_planning_inventory_sync(world.con, later, S, other).records
+    assert other.emit(PLANNING_INVENTORY_SYNC, recs, later).record_count == 1
+    world.con.execute("UPDATE marts.inventory_drift SET erp_qty = 50 WHERE item_id = '104234'")
+    done = _deliver(world, ob, as_of=later)
+    assert not done.skipped and done.result.record_count == 1  # 104234 back to 50
+    assert world.con.execute("SELECT count(*) FROM sync.batch").fetchone() == (3,)  # the other's mirrored too
+
+
+def test_full_sync_rebuilds_and_is_skipped_only_within_its_run(world, make_outbox):
+    ob = make_outbox()
+    _deliver(world, ob)
+    later = _next_run(world)
+    full = _deliver(world, ob, as_of=later, full_sync=True)
+    assert not full.skipped and full.result.record_count == 3
+    assert _deliver(world, ob, as_of=later, full_sync=True).skipped
+    later2 = _next_run(world, hours=2)
+    assert _deliver(world, ob, as_of=later2, full_sync=True).result.record_count == 3
+    assert _deliver(world, ob, as_of=later2).skipped is False  # the flag is an input too
+    assert _deliver(world, ob, as_of=later2).skipped
+
+
+def test_proposals_skip_when_unchanged_and_follow_their_run(world, make_outbox):
+    world.proposal("104233", "1010", 3, 24.0)
+    ob = make_outbox()
+    assert _deliver(world, ob, ERP_REPLENISHMENT_PROPOSAL).result.record_count == 1
+    later = _next_run(world)
+    assert _deliver(world, ob, ERP_REPLENISHMENT_PROPOSAL, as_of=later).skipped
+    # the mart was not rebuilt for this run: blocked, whatever was stored
+    stale_run = later + timedelta(hours=1)
+    held = _deliver(world, ob, ERP_REPLENISHMENT_PROPOSAL, as_of=stale_run)
+    assert "was computed for run" in held.blocked_reason and held.records_built == 0
+    world.con.execute("UPDATE marts.replenishment_proposal SET quantity = 30")
+    done = _deliver(world, ob, ERP_REPLENISHMENT_PROPOSAL, as_of=later)
+    assert not done.skipped and done.result.record_count == 1

@@ -57,6 +57,11 @@ def test_full_planning_sync_has_one_record_per_mapped_item_location(first_run):
     assert q(data, "SELECT count(*) FROM sync.record WHERE payload_type = 'erp_replenishment_proposal'")[0][0] \
         == proposals
     assert (data / "reports" / "2026-11-24" / "index.html").exists()
+    # sync.record is a view over one Parquet file per batch in the lake
+    assert q(data, "SELECT table_type FROM information_schema.tables WHERE table_schema = 'sync' "
+                   "AND table_name = 'record'") == [("VIEW",)]
+    files = sorted(p.stem for p in (data / "lake" / "sync" / "record").rglob("*.parquet"))
+    assert files == sorted(b for (b,) in q(data, "SELECT batch_id FROM sync.batch")) and len(files) == 2
 
 
 def test_a_second_identical_run_emits_nothing(first_run):
@@ -65,6 +70,12 @@ def test_a_second_identical_run_emits_nothing(first_run):
     result = run(landing, data)
     mat = result.asset_materializations_for_node("delivery__planning_inventory_sync")[0]
     assert mat.metadata["records_emitted"].value == 0
+    # nothing they read changed: both payload builds are skipped, their checks still reported
+    for node in ("delivery__planning_inventory_sync", "delivery__erp_replenishment_proposal"):
+        assert result.asset_materializations_for_node(node)[0].metadata["skipped"].value is True
+    checks = {(e.asset_key.to_user_string(), e.check_name): e.passed
+              for e in result.get_asset_check_evaluations() if e.asset_key.path[0] == "delivery"}
+    assert len(checks) == 4 and all(checks.values())
     assert outbox_files(data) == files and q(data, "SELECT count(*) FROM sync.record") == rows
     # and a full refresh of the same run is a no-op too (already emitted by this run)
     run(landing, data, full_sync=True)
@@ -96,6 +107,9 @@ def test_one_new_transaction_file_is_incremental(first_run):
     assert by_node["canonical/inventory_txn"]["rebuilt"].value is True
     # alignment does not read movements: not recomputed
     assert by_node["marts/forecast_order_alignment"]["recomputed"].value is False
+    # the proposals it nets did not change: their payload build is skipped; the drift did
+    assert by_node["delivery/erp_replenishment_proposal"]["skipped"].value is True
+    assert by_node["delivery/planning_inventory_sync"]["skipped"].value is False
     # the WMS snapshot (08:00) did not see a movement booked at 07:30 that it should
     # contain: rolled back to the ERP time the key now drifts by 5
     assert q(data, "SELECT status_wms, diff_wms FROM marts.inventory_drift WHERE item_id = ? AND location_id = ?",
