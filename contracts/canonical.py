@@ -50,12 +50,13 @@ def unique_rows(columns: list[str]) -> pa.Check:
             return pl.LazyFrame({"unique": pl.repeat(True, keys.height, eager=True)})
         return keys.lazy().select((~pl.struct(columns).is_duplicated()).alias("unique"))
 
-    return pa.Check(check, name="multiple_fields_uniqueness")
+    # pandera's names for its column and multi-column uniqueness rules
+    return pa.Check(check, name="field_uniqueness" if len(columns) == 1 else "multiple_fields_uniqueness")
 
 
-def schema(name: str, columns: dict[str, pa.Column], unique: list[str] | None = None) -> pa.DataFrameSchema:
-    """A lazily validated, non-strict schema; ``unique`` through :func:`unique_rows`."""
-    return pa.DataFrameSchema(columns, checks=[unique_rows(unique)] if unique else [], name=name, strict=False)
+def schema(name: str, columns: dict[str, pa.Column], *unique: list[str]) -> pa.DataFrameSchema:
+    """A non-strict schema; each ``unique`` key list checked by :func:`unique_rows`."""
+    return pa.DataFrameSchema(columns, checks=[unique_rows(u) for u in unique if u], name=name, strict=False)
 
 
 def col(dtype, nullable: bool = False, checks: list | None = None) -> pa.Column:

@@ -30,21 +30,22 @@ POSITIVE = pa.Check(lambda d: d.lazyframe.select(pl.col(d.key) > 0), name="posit
 ISO_Z = _matches(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$", "iso_8601_utc")
 SHA256 = _matches(r"^[0-9a-f]{64}$", "sha256_hex")
 
+# uniqueness (the idempotency key, the business key) through contracts.canonical.unique_rows
 PAYLOAD_SCHEMAS = {
-    "planning_inventory_sync": pa.DataFrameSchema({
-        "idempotency_key": pa.Column(str, checks=[SHA256], unique=True),
+    "planning_inventory_sync": schema("planning_inventory_sync", {
+        "idempotency_key": pa.Column(str, checks=[SHA256]),
         "product_code": pa.Column(str), "site_code": pa.Column(str),
         "on_hand": pa.Column(float, checks=[NON_NEGATIVE]), "uom": pa.Column(str),
         "as_of": pa.Column(str, checks=[ISO_Z]),
         "quality": pa.Column(str, checks=[_isin("reconciled", "drift", "stale", "unverifiable")]),
-    }, unique=["product_code", "site_code"], name="planning_inventory_sync", strict=False),
-    "erp_replenishment_proposal": pa.DataFrameSchema({
-        "idempotency_key": pa.Column(str, checks=[SHA256], unique=True),
+    }, ["idempotency_key"], ["product_code", "site_code"]),
+    "erp_replenishment_proposal": schema("erp_replenishment_proposal", {
+        "idempotency_key": pa.Column(str, checks=[SHA256]),
         "MATNR": pa.Column(str, checks=[_matches(r"^\d{18}$", "matnr_18_digits")]),
         "WERKS": pa.Column(str), "quantity": pa.Column(float, checks=[POSITIVE]), "MEINS": pa.Column(str),
         "need_date": pa.Column(str, checks=[_matches(r"^\d{4}-\d{2}-\d{2}$", "iso_date")]),
         "forecast_version": pa.Column(str, nullable=True),
-    }, unique=["MATNR", "WERKS", "need_date"], name="erp_replenishment_proposal", strict=False),
+    }, ["idempotency_key"], ["MATNR", "WERKS", "need_date"]),
 }
 
 STATUS = ("match", "within_tolerance", "drift", "unverifiable")

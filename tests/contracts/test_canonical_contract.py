@@ -66,3 +66,17 @@ def test_two_codes_mapped_to_one_item_break_the_forecast_key(built, tmp_path):
     pl.concat([twice, twice]).write_parquet(tmp_path / "doubled.parquet")
     out = validate_table(con, "canonical.forecast", [tmp_path / "doubled.parquet"])
     assert out["failures"] == {"canonical.forecast: multiple_fields_uniqueness": 6}
+
+
+def test_payload_contract_refuses_a_repeated_idempotency_or_business_key():
+    from contracts.outgoing import check_payload
+
+    row = {"idempotency_key": "a" * 64, "product_code": "P1", "site_code": "S1", "on_hand": 1.0, "uom": "EA",
+           "as_of": "2026-11-24T09:00:00Z", "quality": "reconciled"}
+    same_key = pl.DataFrame([row, {**row, "site_code": "S2"}])
+    assert check_payload("planning_inventory_sync", same_key)["failures"] == \
+        {"planning_inventory_sync: field_uniqueness": 2}
+    same_business = pl.DataFrame([row, {**row, "idempotency_key": "b" * 64}])
+    assert check_payload("planning_inventory_sync", same_business)["failures"] == \
+        {"planning_inventory_sync: multiple_fields_uniqueness": 2}
+    assert check_payload("planning_inventory_sync", pl.DataFrame([row]))["failures"] == {}
