@@ -182,6 +182,53 @@ def test_planner_codes_become_safe_unique_file_names():
     assert stems["index"] != "index" and "/" not in stems["../../etc"]
 
 
+def _report_files(day: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(day.iterdir())}
+
+
+def test_descriptions_are_cached_between_reports_and_give_the_same_files(world, tmp_path, monkeypatch):
+    from reconciliation import reports
+
+    add_report_data(world)
+    root = tmp_path / "reports"
+    write_reports(world.con, root, AS_OF, previous_as_of=PREVIOUS)
+    first = _report_files(root / "2026-11-24")
+    cache = root / ".cache" / "descriptions.parquet"
+    assert cache.exists()
+    calls: list[str] = []
+    real = reports.describe
+    monkeypatch.setattr(reports, "describe", lambda t, *a, **k: calls.append(t) or real(t, *a, **k))
+    # the same report again: every description comes from the cache, the files are the same
+    write_reports(world.con, root, AS_OF, previous_as_of=PREVIOUS)
+    assert calls == [] and _report_files(root / "2026-11-24") == first
+    # one exception with new details: only it is described again
+    world.con.execute("""UPDATE marts.exceptions SET details = '{"excess_qty": 121, "projected_end": 400}'
+                         WHERE exception_type = 'EXCESS_SUPPLY'""")
+    write_reports(world.con, root, AS_OF, previous_as_of=PREVIOUS)
+    assert calls == ["EXCESS_SUPPLY"]
+    assert "121 EA more than needed" in Path(root / "2026-11-24" / "P02.csv").read_text(encoding="utf-8-sig")
+    # another week: week phrases change, so nothing cached is used
+    calls.clear()
+    write_reports(world.con, root, AS_OF + timedelta(days=7), previous_as_of=AS_OF)
+    assert set(calls) == {r[0] for r in world.con.execute(
+        "SELECT exception_type FROM marts.exceptions WHERE status = 'open'").fetchall()}
+    # a cache that cannot be read is only a slower report
+    cache.write_bytes(b"not parquet")
+    calls.clear()
+    write_reports(world.con, root, AS_OF, previous_as_of=PREVIOUS)
+    assert calls and _report_files(root / "2026-11-24")["P01.csv"] == first["P01.csv"]
+
+
+def test_rows_with_the_same_sort_keys_are_listed_by_exception_id(world, tmp_path):
+    """Ties (same severity, age, type, item, plant, reference) come in one order every time."""
+    for n in range(5):
+        world.exception("CONTRACT_VIOLATION", "medium", reference="erp/x.csv", planner="UNASSIGNED",
+                        details={"rule": f"r{n}", "rows": 1})
+    out = write_reports(world.con, tmp_path, AS_OF, previous_as_of=PREVIOUS)
+    ids = [r["Exception id"] for r in read_csv(out["planners"]["UNASSIGNED"]["csv"])]
+    assert ids == sorted(ids) and len(ids) == 5
+
+
 def test_describe_falls_back_to_the_details():
     assert describe("SOMETHING_NEW", '{"a_b": 1}') == "a b: 1"
     assert describe("LATE_PO", "not json") == "not json"
