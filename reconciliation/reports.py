@@ -38,7 +38,10 @@ grouping per planner, counts and the CSV are column operations, and only the fir
 ``max_rows`` rows of each table become Python values for the page templates. The
 plain-language sentence (``describe``) is Python, once per distinct (type, details, unit),
 and cached between reports in ``<reports>/.cache/descriptions.parquet`` (see
-``_descriptions``): an hourly report in the same week describes only what changed.
+``_descriptions``): an hourly report in the same week describes only what changed. A
+planner's CSV whose rows did not change since this code wrote it is left as it is
+(``_WrittenCsv``, ``<reports>/.cache/csv.json``); the pages are always written (they show
+the run's ``as_of`` and what is new since the previous report).
 """
 
 from __future__ import annotations
@@ -561,6 +564,57 @@ def _write_csv(path: Path, rows: pl.DataFrame) -> None:
     write_atomic(path, body.encode("utf-8-sig"), fsync=False)
 
 
+class _WrittenCsv:
+    """The planner CSV files this code wrote, with a digest of the rows each one holds, so
+    that a report whose rows did not change (the hourly run of the same day) leaves the
+    file alone. Kept in ``<reports>/.cache/csv.json``; a file that was changed, replaced or
+    removed since (its size or modification time differ) is written again."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self.files: dict[str, dict[str, Any]] = json.loads(path.read_text(encoding="utf-8"))
+            assert isinstance(self.files, dict)
+        except (OSError, ValueError, AssertionError):
+            self.files = {}
+        self.dirty = False
+
+    @staticmethod
+    def _key(path: Path) -> str:
+        return f"{path.parent.name}/{path.name}"  # <run_date>/<planner>.csv
+
+    @staticmethod
+    def _digest(rows: pl.DataFrame) -> str:
+        # row hashes are stable for one polars version only: the version is part of the digest
+        h = hashlib.sha256(f"{_CODE_STAMP}|{pl.__version__}|{rows.height}".encode())
+        if rows.height:
+            hashes = rows.select([k for k, _ in CSV_COLUMNS]).hash_rows(seed=7).rechunk().to_arrow()
+            h.update(memoryview(hashes.buffers()[1])[hashes.offset * 8:(hashes.offset + len(hashes)) * 8])
+        return h.hexdigest()
+
+    def unchanged(self, path: Path, rows: pl.DataFrame) -> bool:
+        held = self.files.get(self._key(path))
+        if not held:
+            return False
+        try:
+            st = path.stat()
+        except OSError:
+            return False
+        return (held.get("size") == st.st_size and held.get("mtime_ns") == st.st_mtime_ns
+                and held.get("digest") == self._digest(rows))
+
+    def record(self, path: Path, rows: pl.DataFrame) -> None:
+        st = path.stat()
+        self.files[self._key(path)] = {"digest": self._digest(rows), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        self.dirty = True
+
+    def save(self) -> None:
+        if self.dirty:
+            keep = dict(sorted(self.files.items())[-2000:])  # bounded: the latest days' files
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(self.path, (json.dumps(keep, indent=1) + "\n").encode(), fsync=False)
+
+
 def _counts(rows: pl.DataFrame) -> dict[str, int]:
     c = {s: 0 for s in SEVERITIES}
     for severity, n in rows.group_by("severity").len().iter_rows():
@@ -626,6 +680,7 @@ def write_reports(
     result: dict[str, Any] = {"dir": str(run_dir), "as_of": iso_z(as_of),
                               "previous_as_of": iso_z(previous) if previous else None, "planners": {}}
     summary = []
+    written = _WrittenCsv(out / ".cache" / "csv.json")
     by_planner = {name: _group(rows) for name, rows in (("open", opened), ("new", new), ("resolved", resolved))}
     locations_of: dict[str, list[dict[str, Any]]] = {}
     for r in locations:
@@ -645,7 +700,9 @@ def write_reports(
         )
         html_path, csv_path = run_dir / f"{stem}.html", run_dir / f"{stem}.csv"
         write_atomic(html_path, page.encode("utf-8"), fsync=False)
-        _write_csv(csv_path, mine)
+        if not written.unchanged(csv_path, mine):
+            _write_csv(csv_path, mine)
+            written.record(csv_path, mine)
         summary.append({"planner": code, "href": f"{stem}.html", "csv": f"{stem}.csv", "counts": counts,
                         "new": mine_new.height, "resolved": mine_resolved.height, "alignment": align,
                         "mismatches": sum(r["drift_wms"] + r["drift_planning"] for r in mine_locs)})
@@ -660,6 +717,7 @@ def write_reports(
     )
     index_path = run_dir / "index.html"
     write_atomic(index_path, index.encode("utf-8"), fsync=False)
+    written.save()
     _remember(state_file, as_of)
     result.update(index=str(index_path), open=opened.height, new=new.height, resolved=resolved.height,
                   alignment_rate=overall_rate)

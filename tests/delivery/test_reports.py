@@ -219,6 +219,26 @@ def test_descriptions_are_cached_between_reports_and_give_the_same_files(world, 
     assert calls and _report_files(root / "2026-11-24")["P01.csv"] == first["P01.csv"]
 
 
+def test_a_planner_csv_whose_rows_did_not_change_is_left_alone(world, tmp_path):
+    add_report_data(world)
+    out = write_reports(world.con, tmp_path, AS_OF, previous_as_of=PREVIOUS)
+    p01, p02 = Path(out["planners"]["P01"]["csv"]), Path(out["planners"]["P02"]["csv"])
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in (p01, p02)}
+    # an hour later, same rows: the CSV files are not written again (the pages are)
+    later = write_reports(world.con, tmp_path, AS_OF + timedelta(hours=1), previous_as_of=AS_OF)
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in (p01, p02)} == before
+    assert "data as of 2026-11-24 10:00 UTC" in Path(later["planners"]["P01"]["html"]).read_text()
+    # one planner's rows change: only that file is written, with the new rows
+    world.con.execute("UPDATE marts.exceptions SET age_days = 10 WHERE exception_type = 'EXCESS_SUPPLY'")
+    write_reports(world.con, tmp_path, AS_OF + timedelta(hours=2), previous_as_of=AS_OF)
+    assert p01.stat().st_mtime_ns == before[p01][0]
+    assert read_csv(str(p02))[0]["Age (days)"] == "10"
+    # a file someone edited or emptied is written again
+    p01.write_bytes(b"")
+    write_reports(world.con, tmp_path, AS_OF + timedelta(hours=3), previous_as_of=AS_OF)
+    assert p01.read_bytes() == before[p01][1]
+
+
 def test_rows_with_the_same_sort_keys_are_listed_by_exception_id(world, tmp_path):
     """Ties (same severity, age, type, item, plant, reference) come in one order every time."""
     for n in range(5):
