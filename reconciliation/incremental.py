@@ -19,6 +19,7 @@ import json
 import duckdb
 
 from contracts.settings import Settings
+from contracts.warehouse import table_exists
 
 _STATE_DDL = ("CREATE TABLE IF NOT EXISTS marts.build_state (mart VARCHAR PRIMARY KEY, fingerprint VARCHAR, "
               "built_at TIMESTAMPTZ, contract VARCHAR)")
@@ -26,7 +27,10 @@ _STATE_DDL = ("CREATE TABLE IF NOT EXISTS marts.build_state (mart VARCHAR PRIMAR
 
 def input_fingerprint(con: duckdb.DuckDBPyConnection, inputs: list[str], settings: Settings,
                       clock_key: str, extra: str = "") -> str | None:
-    """Fingerprint of the inputs, or None when one of them has no recorded build."""
+    """Fingerprint of the inputs, or None when one of them has no recorded build (or the
+    warehouse keeps no build records at all: a connection that only sees the lake)."""
+    if not table_exists(con, "ingest.canonical_state"):
+        return None
     rows = dict(con.execute(
         "SELECT feed, fingerprint FROM ingest.canonical_state WHERE feed IN (SELECT unnest($t))",
         {"t": inputs}).fetchall())

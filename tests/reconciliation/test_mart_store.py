@@ -141,3 +141,14 @@ def test_tolerance_override_is_part_of_the_fingerprint(db, settings):
     build_inventory_drift(db.con, settings, db.AS_OF)
     by_loc = dataclasses.replace(settings, tolerance_by_location={"1010": Tolerance(abs_tol=5.0, rel_tol=0.0)})
     assert build_inventory_drift(db.con, by_loc, db.AS_OF + LATER)["recomputed"] is True
+
+
+def test_no_build_records_means_no_fingerprint_and_a_plain_build(settings):
+    """A connection that only sees canonical tables (no ``ingest`` schema, as in the
+    partitioned benchmark's per-group databases) gets no fingerprint instead of an error."""
+    import duckdb
+
+    from reconciliation.incremental import input_fingerprint
+
+    con = duckdb.connect()
+    assert input_fingerprint(con, ["canonical.item"], settings, "") is None
