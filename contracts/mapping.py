@@ -328,7 +328,10 @@ def prepare(feed: Feed, df: pl.DataFrame, refs: References) -> Prepared:
     # the raw text frame is no longer needed: free it before the typed copy is made
     # (the caller hands it over; on a 10M-row file this is gigabytes)
     del df, kept, conflict
-    accepted = joined.join(bad_rows, on=ROW_NUMBER, how="anti") if bad_rows.height else joined
+    # a filter keeps the row order and gathers each column once; an anti join on the
+    # ~12-column joined frame cost ~3.6 s on a 9.6M-row forecast file
+    accepted = (joined.filter(~pl.col(ROW_NUMBER).is_in(bad_rows.get_column(ROW_NUMBER).implode()))
+                if bad_rows.height else joined)
     del joined
     return Prepared(
         staged=_shape(feed, accepted),
