@@ -83,10 +83,15 @@ def _duplicates(feed: Feed, df: pl.DataFrame) -> tuple[pl.DataFrame, int, pl.Dat
     """(rows without exact duplicates, number collapsed, rows in conflicting key groups)."""
     cols = list(feed.columns)
     key = list(feed.key)
-    key_hash = pl.struct(key).hash(seed=0)
-    cand = df.filter(key_hash.is_duplicated())
-    if cand.height == 0:
+    # candidates: rows whose key hash occurs more than once. The repeated hashes are
+    # found by sorting the hashes (is_duplicated's hash table cost ~2 s on 9.6M rows,
+    # the sort ~0.3 s); a hash collision only adds a candidate, checked exactly below.
+    hashes = df.select(pl.struct(key).hash(seed=0)).to_series()
+    ordered = hashes.sort()
+    repeated = ordered.filter(ordered == ordered.shift(1))  # (diff() overflows on u64)
+    if repeated.len() == 0:
         return df, 0, df.head(0)
+    cand = df.filter(hashes.is_in(repeated.unique().implode()))
     # exact duplicates among the candidates: keep the first occurrence of each full row
     first = cand.unique(subset=cols, keep="first", maintain_order=True)
     drop_rows = cand.join(first.select(ROW_NUMBER), on=ROW_NUMBER, how="anti").select(ROW_NUMBER)
