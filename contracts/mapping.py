@@ -186,6 +186,19 @@ def _ref_rules(feed: Feed, df: pl.DataFrame, refs: References) -> tuple[pl.DataF
     return df, qs
 
 
+def _by_value(df: pl.DataFrame, col: str, parse) -> pl.Expr:
+    """``parse(col)``, evaluated once per distinct value where the column has few (an ISO
+    timestamp parse costs ~60 ns a row, and a planning file carries one publication
+    time): 0.6 -> 0.2 s on 9.6M rows. Same values, same type."""
+    sample = df.get_column(col).head(raw.PER_VALUE_SAMPLE)
+    if df.height == 0 or sample.n_unique() > max(1, int(sample.len() * raw.PER_VALUE_MAX_SHARE)):
+        return parse(col)
+    values = df.select(pl.col(col).unique().drop_nulls())
+    parsed = values.select(pl.col(col), parse(col).alias("_v"))
+    return pl.col(col).replace_strict(parsed.get_column(col), parsed.get_column("_v"), default=None,
+                                      return_dtype=parsed.schema["_v"])
+
+
 def _shape(feed: Feed, df: pl.DataFrame) -> pl.DataFrame:
     """Typed staging columns of accepted rows (all rules passed, references joined)."""
     n, d, ts = raw.erp_number, raw.erp_date, raw.erp_timestamp
@@ -245,7 +258,7 @@ def _shape(feed: Feed, df: pl.DataFrame) -> pl.DataFrame:
             pl.col("_item_id").alias("item_id"), pl.col("_location_id").alias("location_id"),
             raw.iso_date("week_start").alias("week_start"), (n("qty") * pl.col("_factor")).alias("qty"),
             n("qty").alias("source_qty"), pl.col("uom").alias("source_uom"),
-            pl.col("forecast_version"), raw.iso_timestamp("published_at").alias("published_at"), ROW_NUMBER)
+            pl.col("forecast_version"), _by_value(df, "published_at", raw.iso_timestamp).alias("published_at"), ROW_NUMBER)
     if name == "inventory_position":
         return df.select(
             pl.lit("planning").alias("system"), pl.col("_item_id").alias("item_id"),
@@ -253,13 +266,13 @@ def _shape(feed: Feed, df: pl.DataFrame) -> pl.DataFrame:
             pl.lit(None, pl.String).alias("lot"), pl.lit(None, pl.String).alias("stock_status"),
             (n("on_hand") * pl.col("_factor")).alias("qty"), pl.lit(None, pl.Float64).alias("unrestricted_qty"),
             pl.lit(None, pl.Float64).alias("quality_qty"), pl.lit(None, pl.Float64).alias("blocked_qty"),
-            pl.col("uom").alias("source_uom"), raw.iso_timestamp("as_of").alias("snapshot_at"), ROW_NUMBER)
+            pl.col("uom").alias("source_uom"), _by_value(df, "as_of", raw.iso_timestamp).alias("snapshot_at"), ROW_NUMBER)
     if name == "planned_order":
         return df.select(
             pl.col("recommendation_id"), pl.col("_item_id").alias("item_id"),
             pl.col("_location_id").alias("location_id"), (n("qty") * pl.col("_factor")).alias("qty"),
             n("qty").alias("source_qty"), pl.col("uom").alias("source_uom"),
-            raw.iso_date("need_date").alias("need_date"), raw.iso_timestamp("released_at").alias("released_at"),
+            raw.iso_date("need_date").alias("need_date"), _by_value(df, "released_at", raw.iso_timestamp).alias("released_at"),
             pl.col("status"), ROW_NUMBER)
     if name == "stock_snapshot":
         return df.select(

@@ -229,3 +229,18 @@ def test_prepare_drops_every_quarantined_row_and_keeps_the_order():
     assert staged == sorted(staged)  # file order
     expected = [r for r in mapping._duplicates(feed, df)[0].get_column(ROW_NUMBER).to_list() if r not in bad]
     assert staged == expected
+
+
+# --- typed staging columns ----------------------------------------------------------------
+@pytest.mark.parametrize("share", [1.0, -1.0])   # by value / row by row
+def test_timestamps_parsed_by_value_equal_the_plain_parse(share, monkeypatch):
+    monkeypatch.setattr(raw, "PER_VALUE_MAX_SHARE", share)
+    rng = random.Random(3)
+    pool = ["2026-11-28T06:00:00Z", "2026-11-28T07:00:00+01:00", "2026-11-28T06:00:00.123456z",
+            "2026-11-28T06:00:00-05:30", None, "bad"]
+    df = pl.DataFrame({"published_at": [rng.choice(pool) for _ in range(5000)]})
+    got = df.select(mapping._by_value(df, "published_at", raw.iso_timestamp))
+    assert got.equals(df.select(raw.iso_timestamp("published_at")))
+    assert got.schema == df.select(raw.iso_timestamp("published_at")).schema
+    empty = df.head(0)
+    assert empty.select(mapping._by_value(empty, "published_at", raw.iso_timestamp)).schema == got.schema
