@@ -138,6 +138,30 @@ def _factor(df: pl.DataFrame, refs: References, uom_col: str) -> pl.DataFrame:
     )
 
 
+def _by_runs(df: pl.DataFrame, cols: list[str], lookup) -> pl.DataFrame:
+    """``lookup(df)`` for a function that only adds columns looked up from ``cols`` (the
+    xref / master / unit joins), evaluated once per run of consecutive rows with equal
+    ``cols`` and gathered back onto the rows. A forecast file lists an item-location's
+    weeks one after the other: 9.6M rows are 0.6M runs, and the joins 2.0 -> 0.7 s CPU.
+    Falls back to the plain lookup when runs do not pay (an unsorted file) or the
+    references repeat a key (the join would then multiply rows)."""
+    if df.height == 0:
+        return lookup(df)
+    run = df.select(pl.struct(cols).rle_id()).to_series()
+    if run[-1] + 1 > df.height // 2:
+        return lookup(df)
+    starts = (run != run.shift(1)).fill_null(True)
+    reps = df.select(cols).filter(starts).with_row_index("_run_no")
+    out = lookup(reps)
+    if out.height != reps.height:
+        return lookup(df)
+    added = out.sort("_run_no").drop(reps.columns)
+    # one chunk per column, as a join gives: polars 2.1 panics formatting strings of a
+    # filtered frame whose columns are chunked differently (the reader's 300+ chunks
+    # next to the gathered single chunks)
+    return df.hstack(added[run].get_columns()).rechunk()
+
+
 def _ref_rules(feed: Feed, df: pl.DataFrame, refs: References) -> tuple[pl.DataFrame, list[pl.DataFrame]]:
     """Joins the references onto ``df`` and returns (joined frame, quarantine parts)."""
     qs: list[pl.DataFrame] = []
@@ -174,13 +198,13 @@ def _ref_rules(feed: Feed, df: pl.DataFrame, refs: References) -> tuple[pl.DataF
         df = _factor(df, refs, ucol)
         unknown_uom(ucol)
     if name in ("forecast", "inventory_position", "planned_order"):
-        df = _map_xref(df, refs, "PLANNING", "product_code", "site_code")
+        df = _by_runs(df, ["product_code", "site_code", "uom"], lambda f: _factor(
+            _map_xref(f, refs, "PLANNING", "product_code", "site_code"), refs, "uom"))
         unmapped("planning", "product_code", "item")
         unmapped("planning", "site_code", "location")
-        df = _factor(df, refs, "uom")
         unknown_uom("uom")
     if name in ("stock_snapshot", "transaction"):
-        df = _map_xref(df, refs, "WMS", "sku", "warehouse_code")
+        df = _by_runs(df, ["sku", "warehouse_code"], lambda f: _map_xref(f, refs, "WMS", "sku", "warehouse_code"))
         unmapped("wms", "sku", "item")
         unmapped("wms", "warehouse_code", "location")
     return df, qs
