@@ -362,8 +362,9 @@ def prepare(feed: Feed, df: pl.DataFrame, refs: References) -> Prepared:
     quarantine = (pl.concat([p.cast(QUARANTINE_SCHEMA) for p in parts]) if parts
                   else pl.DataFrame(schema=QUARANTINE_SCHEMA))
     bad_rows = quarantine.select(ROW_NUMBER).unique()
-    # the raw values of the quarantined rows, as JSON text (only those rows are encoded)
-    raw_json = df.join(bad_rows, on=ROW_NUMBER, how="semi").select(
+    # the raw values of the quarantined rows, as JSON text (only those rows are encoded;
+    # a filter, not a semi join: 0.5 s on the reader's chunked 9.6M-row frame)
+    raw_json = df.filter(pl.col(ROW_NUMBER).is_in(bad_rows.get_column(ROW_NUMBER).implode())).select(
         ROW_NUMBER, pl.struct([pl.col(c).cast(pl.String) for c in feed.columns]).struct.json_encode().alias("raw"))
     quarantine = quarantine.join(raw_json, on=ROW_NUMBER, how="left")
     conflicts = _conflict_item_locations(feed, conflict, refs)

@@ -324,5 +324,8 @@ def test_prepare_on_a_chunked_frame_equals_the_single_chunk_frame(tmp_path):
     a = mapping.prepare(feed, df, planning_refs())
     b = mapping.prepare(feed, df.rechunk(), planning_refs())
     assert a.quarantine.height > 0 and a.staged.height > 0
+    # every quarantined row carries its raw values
+    raw_of = dict(df.select(ROW_NUMBER, pl.struct(list(feed.columns)).struct.json_encode().alias("raw")).iter_rows())
+    assert all(raw == raw_of[row] for row, raw in a.quarantine.select(ROW_NUMBER, "raw").iter_rows())
     # (the quarantine's row order is set when it is written: sorted here)
     assert a.quarantine.sort(pl.all()).equals(b.quarantine.sort(pl.all())) and a.staged.equals(b.staged)
