@@ -19,7 +19,9 @@ every rule of a bad row. All steps are polars expressions over whole columns.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
+from functools import reduce
 
 import polars as pl
 
@@ -86,7 +88,9 @@ def _duplicates(feed: Feed, df: pl.DataFrame) -> tuple[pl.DataFrame, int, pl.Dat
     # candidates: rows whose key hash occurs more than once. The repeated hashes are
     # found by sorting the hashes (is_duplicated's hash table cost ~2 s on 9.6M rows,
     # the sort ~0.3 s); a hash collision only adds a candidate, checked exactly below.
-    hashes = df.select(pl.struct(key).hash(seed=0)).to_series()
+    # The key hash xors one hash per column (distinct seeds): 3x cheaper than a struct
+    # hash (0.65 -> 0.2 s on 9.6M rows), and equal keys still hash equal.
+    hashes = df.select(reduce(operator.xor, [pl.col(k).hash(seed=i) for i, k in enumerate(key)])).to_series()
     ordered = hashes.sort()
     repeated = ordered.filter(ordered == ordered.shift(1))  # (diff() overflows on u64)
     if repeated.len() == 0:
