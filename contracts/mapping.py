@@ -19,7 +19,9 @@ every rule of a bad row. All steps are polars expressions over whole columns.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
+from functools import reduce
 
 import polars as pl
 
@@ -83,10 +85,17 @@ def _duplicates(feed: Feed, df: pl.DataFrame) -> tuple[pl.DataFrame, int, pl.Dat
     """(rows without exact duplicates, number collapsed, rows in conflicting key groups)."""
     cols = list(feed.columns)
     key = list(feed.key)
-    key_hash = pl.struct(key).hash(seed=0)
-    cand = df.filter(key_hash.is_duplicated())
-    if cand.height == 0:
+    # candidates: rows whose key hash occurs more than once. The repeated hashes are
+    # found by sorting the hashes (is_duplicated's hash table cost ~2 s on 9.6M rows,
+    # the sort ~0.3 s); a hash collision only adds a candidate, checked exactly below.
+    # The key hash xors one hash per column (distinct seeds): 3x cheaper than a struct
+    # hash (0.65 -> 0.2 s on 9.6M rows), and equal keys still hash equal.
+    hashes = df.select(reduce(operator.xor, [pl.col(k).hash(seed=i) for i, k in enumerate(key)])).to_series()
+    ordered = hashes.sort()
+    repeated = ordered.filter(ordered == ordered.shift(1))  # (diff() overflows on u64)
+    if repeated.len() == 0:
         return df, 0, df.head(0)
+    cand = df.filter(hashes.is_in(repeated.unique().implode()))
     # exact duplicates among the candidates: keep the first occurrence of each full row
     first = cand.unique(subset=cols, keep="first", maintain_order=True)
     drop_rows = cand.join(first.select(ROW_NUMBER), on=ROW_NUMBER, how="anti").select(ROW_NUMBER)
@@ -133,6 +142,30 @@ def _factor(df: pl.DataFrame, refs: References, uom_col: str) -> pl.DataFrame:
     )
 
 
+def _by_runs(df: pl.DataFrame, cols: list[str], lookup) -> pl.DataFrame:
+    """``lookup(df)`` for a function that only adds columns looked up from ``cols`` (the
+    xref / master / unit joins), evaluated once per run of consecutive rows with equal
+    ``cols`` and gathered back onto the rows. A forecast file lists an item-location's
+    weeks one after the other: 9.6M rows are 0.6M runs, and the joins 2.0 -> 0.7 s CPU.
+    Falls back to the plain lookup when runs do not pay (an unsorted file) or the
+    references repeat a key (the join would then multiply rows)."""
+    if df.height == 0:
+        return lookup(df)
+    run = df.select(pl.struct(cols).rle_id()).to_series()
+    if run[-1] + 1 > df.height // 2:
+        return lookup(df)
+    starts = (run != run.shift(1)).fill_null(True)
+    reps = df.select(cols).filter(starts).with_row_index("_run_no")
+    out = lookup(reps)
+    if out.height != reps.height:
+        return lookup(df)
+    added = out.sort("_run_no").drop(reps.columns)
+    # one chunk per column, as a join gives: polars 2.1 panics formatting strings of a
+    # filtered frame whose columns are chunked differently (the reader's 300+ chunks
+    # next to the gathered single chunks)
+    return df.hstack(added[run].get_columns()).rechunk()
+
+
 def _ref_rules(feed: Feed, df: pl.DataFrame, refs: References) -> tuple[pl.DataFrame, list[pl.DataFrame]]:
     """Joins the references onto ``df`` and returns (joined frame, quarantine parts)."""
     qs: list[pl.DataFrame] = []
@@ -169,16 +202,29 @@ def _ref_rules(feed: Feed, df: pl.DataFrame, refs: References) -> tuple[pl.DataF
         df = _factor(df, refs, ucol)
         unknown_uom(ucol)
     if name in ("forecast", "inventory_position", "planned_order"):
-        df = _map_xref(df, refs, "PLANNING", "product_code", "site_code")
+        df = _by_runs(df, ["product_code", "site_code", "uom"], lambda f: _factor(
+            _map_xref(f, refs, "PLANNING", "product_code", "site_code"), refs, "uom"))
         unmapped("planning", "product_code", "item")
         unmapped("planning", "site_code", "location")
-        df = _factor(df, refs, "uom")
         unknown_uom("uom")
     if name in ("stock_snapshot", "transaction"):
-        df = _map_xref(df, refs, "WMS", "sku", "warehouse_code")
+        df = _by_runs(df, ["sku", "warehouse_code"], lambda f: _map_xref(f, refs, "WMS", "sku", "warehouse_code"))
         unmapped("wms", "sku", "item")
         unmapped("wms", "warehouse_code", "location")
     return df, qs
+
+
+def _by_value(df: pl.DataFrame, col: str, parse) -> pl.Expr:
+    """``parse(col)``, evaluated once per distinct value where the column has few (an ISO
+    timestamp parse costs ~60 ns a row, and a planning file carries one publication
+    time): 0.6 -> 0.2 s on 9.6M rows. Same values, same type."""
+    sample = df.get_column(col).head(raw.PER_VALUE_SAMPLE)
+    if df.height == 0 or sample.n_unique() > max(1, int(sample.len() * raw.PER_VALUE_MAX_SHARE)):
+        return parse(col)
+    values = df.select(pl.col(col).unique().drop_nulls())
+    parsed = values.select(pl.col(col), parse(col).alias("_v"))
+    return pl.col(col).replace_strict(parsed.get_column(col), parsed.get_column("_v"), default=None,
+                                      return_dtype=parsed.schema["_v"])
 
 
 def _shape(feed: Feed, df: pl.DataFrame) -> pl.DataFrame:
@@ -240,7 +286,7 @@ def _shape(feed: Feed, df: pl.DataFrame) -> pl.DataFrame:
             pl.col("_item_id").alias("item_id"), pl.col("_location_id").alias("location_id"),
             raw.iso_date("week_start").alias("week_start"), (n("qty") * pl.col("_factor")).alias("qty"),
             n("qty").alias("source_qty"), pl.col("uom").alias("source_uom"),
-            pl.col("forecast_version"), raw.iso_timestamp("published_at").alias("published_at"), ROW_NUMBER)
+            pl.col("forecast_version"), _by_value(df, "published_at", raw.iso_timestamp).alias("published_at"), ROW_NUMBER)
     if name == "inventory_position":
         return df.select(
             pl.lit("planning").alias("system"), pl.col("_item_id").alias("item_id"),
@@ -248,13 +294,13 @@ def _shape(feed: Feed, df: pl.DataFrame) -> pl.DataFrame:
             pl.lit(None, pl.String).alias("lot"), pl.lit(None, pl.String).alias("stock_status"),
             (n("on_hand") * pl.col("_factor")).alias("qty"), pl.lit(None, pl.Float64).alias("unrestricted_qty"),
             pl.lit(None, pl.Float64).alias("quality_qty"), pl.lit(None, pl.Float64).alias("blocked_qty"),
-            pl.col("uom").alias("source_uom"), raw.iso_timestamp("as_of").alias("snapshot_at"), ROW_NUMBER)
+            pl.col("uom").alias("source_uom"), _by_value(df, "as_of", raw.iso_timestamp).alias("snapshot_at"), ROW_NUMBER)
     if name == "planned_order":
         return df.select(
             pl.col("recommendation_id"), pl.col("_item_id").alias("item_id"),
             pl.col("_location_id").alias("location_id"), (n("qty") * pl.col("_factor")).alias("qty"),
             n("qty").alias("source_qty"), pl.col("uom").alias("source_uom"),
-            raw.iso_date("need_date").alias("need_date"), raw.iso_timestamp("released_at").alias("released_at"),
+            raw.iso_date("need_date").alias("need_date"), _by_value(df, "released_at", raw.iso_timestamp).alias("released_at"),
             pl.col("status"), ROW_NUMBER)
     if name == "stock_snapshot":
         return df.select(
@@ -320,15 +366,19 @@ def prepare(feed: Feed, df: pl.DataFrame, refs: References) -> Prepared:
     quarantine = (pl.concat([p.cast(QUARANTINE_SCHEMA) for p in parts]) if parts
                   else pl.DataFrame(schema=QUARANTINE_SCHEMA))
     bad_rows = quarantine.select(ROW_NUMBER).unique()
-    # the raw values of the quarantined rows, as JSON text (only those rows are encoded)
-    raw_json = df.join(bad_rows, on=ROW_NUMBER, how="semi").select(
+    # the raw values of the quarantined rows, as JSON text (only those rows are encoded;
+    # a filter, not a semi join: 0.5 s on the reader's chunked 9.6M-row frame)
+    raw_json = df.filter(pl.col(ROW_NUMBER).is_in(bad_rows.get_column(ROW_NUMBER).implode())).select(
         ROW_NUMBER, pl.struct([pl.col(c).cast(pl.String) for c in feed.columns]).struct.json_encode().alias("raw"))
     quarantine = quarantine.join(raw_json, on=ROW_NUMBER, how="left")
     conflicts = _conflict_item_locations(feed, conflict, refs)
     # the raw text frame is no longer needed: free it before the typed copy is made
     # (the caller hands it over; on a 10M-row file this is gigabytes)
     del df, kept, conflict
-    accepted = joined.join(bad_rows, on=ROW_NUMBER, how="anti") if bad_rows.height else joined
+    # a filter keeps the row order and gathers each column once; an anti join on the
+    # ~12-column joined frame cost ~3.6 s on a 9.6M-row forecast file
+    accepted = (joined.filter(~pl.col(ROW_NUMBER).is_in(bad_rows.get_column(ROW_NUMBER).implode()))
+                if bad_rows.height else joined)
     del joined
     return Prepared(
         staged=_shape(feed, accepted),

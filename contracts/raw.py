@@ -66,6 +66,10 @@ def _text_number_ok(c: str) -> Expr:
 # --- rule builders: each returns an expression that is True where the row passes ---------
 @dataclass(frozen=True)
 class Rule:
+    """``build(c)`` is True where the value of column ``c`` passes. It must be row-wise
+    (a row's result depends only on that row's value of ``c``, no aggregation): the
+    fast pass of ``rule_failures`` evaluates it once per distinct value."""
+
     name: str
     build: Callable[[str], Expr]
     detail: str
@@ -224,6 +228,57 @@ def raw_schema(feed_name: str) -> pa.DataFrameSchema:
     return pa.DataFrameSchema(columns, name=f"raw_{feed.qualified}", strict=False)
 
 
+# a column is checked value by value when a sample of it has at most this share of
+# distinct values (codes, units, dates, quantities); ids are checked row by row
+PER_VALUE_SAMPLE = 20_000
+PER_VALUE_MAX_SHARE = 0.2
+
+
+def _per_value(df: pl.DataFrame, col: str, exprs: list[Expr]) -> bool:
+    """Whether the column's rules may be evaluated once per distinct value (they read
+    only that column, its values compare exactly) and that is likely to pay."""
+    series = df.get_column(col)
+    if series.dtype.is_float() or series.dtype.is_nested() or series.dtype == pl.Object:
+        return False  # NaN and nested values do not round-trip through is_in exactly
+    if any(set(e.meta.root_names()) != {col} for e in exprs):
+        return False
+    sample = series.head(PER_VALUE_SAMPLE)
+    return sample.n_unique() <= max(1, int(sample.len() * PER_VALUE_MAX_SHARE))
+
+
+def suspect_mask(feed: Feed, df: pl.DataFrame, per_value: bool | None = None) -> Expr | None:
+    """An expression over ``df`` that is True for every row that breaks at least one
+    rule of the feed; None when no row can (every distinct value passed).
+
+    A low-cardinality column's rules are evaluated once per distinct value, and the
+    rows are then matched to the failing values (``is_in``), which is exact because
+    the rules are row-wise functions of the one value. A column whose distinct values
+    all pass costs only its ``unique()``. Other columns are evaluated row by row.
+    ``per_value`` forces one path for every column (tests); None chooses per column.
+    """
+    direct: list[Expr] = []
+    masks: list[Expr] = []
+    for col, rules in column_rules(feed).items():
+        exprs = [r.build(col).fill_null(False) for r in rules]
+        if not exprs:
+            continue
+        use = _per_value(df, col, exprs) if per_value is None else per_value
+        if not use:
+            direct.extend(exprs)
+            continue
+        values = df.select(pl.col(col).unique())
+        bad = values.filter(~pl.all_horizontal(exprs)).get_column(col)
+        if bad.len() == 0:
+            continue
+        mask = pl.col(col).is_in(bad.drop_nulls().implode()).fill_null(False)
+        if bad.null_count():
+            mask = mask | pl.col(col).is_null()
+        masks.append(mask)
+    if direct:
+        masks.append(~pl.all_horizontal(direct))
+    return pl.any_horizontal(masks) if masks else None
+
+
 def rule_failures(feed: Feed, df: pl.DataFrame) -> pl.DataFrame:
     """Validate ``df`` lazily with the feed's pandera schema.
 
@@ -231,17 +286,19 @@ def rule_failures(feed: Feed, df: pl.DataFrame) -> pl.DataFrame:
     ``df``), ``rule``, ``column``, ``detail``.
 
     Speed: every rule of the schema is first evaluated in one polars pass (the same
-    expressions the pandera checks run); pandera then validates only the rows that broke
-    at least one rule, which is where its failure cases come from. On clean data that is
-    one pass over the file instead of one per check.
+    expressions the pandera checks run, once per distinct value where a column has few,
+    see ``suspect_mask``); pandera then validates only the rows that broke at least one
+    rule, which is where its failure cases come from. On clean data that is one pass
+    over the file instead of one per check.
     """
     schema = raw_schema(feed.name)
     empty = pl.DataFrame(schema={"_row_idx": pl.Int64, "rule": pl.String, "column": pl.String, "detail": pl.String})
     if df.height == 0:
         return empty
-    exprs = [r.build(col).fill_null(False) for col, rules in column_rules(feed).items() for r in rules]
-    indexed = df.with_row_index("_pos")
-    suspects = indexed.filter(~pl.all_horizontal(exprs))
+    mask = suspect_mask(feed, df)
+    if mask is None:
+        return empty
+    suspects = df.with_row_index("_pos").filter(mask)
     if suspects.height == 0:
         return empty
     positions = suspects.select(pl.col("_pos").cast(pl.Int64))
