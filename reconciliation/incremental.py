@@ -2,8 +2,9 @@
 
 A mart's *input fingerprint* combines the fingerprints of the canonical tables it reads
 (``ingest.canonical_state``, kept by the canonical build), the settings, the part of
-the run clock its rules depend on, and any digest the builder adds (drift adds one of the
-WMS movements that can move its figures). When the fingerprint equals the one recorded
+the run clock its rules depend on, any digest the builder adds (drift adds one of the
+WMS movements that can move its figures) and the code that builds and checks the marts
+(:func:`code_stamp` of :data:`MART_CODE`: a new version of distsync rebuilds them). When the fingerprint equals the one recorded
 at its last build, the mart's file is carried over to the new run
 (``mart_store.move_run_mart``: a hard link, no rewrite) together with the result of its
 contract check, so an incremental run costs what changed. Tables filled some other way
@@ -15,11 +16,29 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+from pathlib import Path
 
 import duckdb
 
 from contracts.settings import Settings
 from contracts.warehouse import table_exists
+
+_ROOT = Path(__file__).resolve().parent.parent
+# the modules whose code decides a mart's rows and its contract result
+MART_CODE = tuple(_ROOT / f for f in (
+    "reconciliation/drift.py", "reconciliation/alignment.py", "reconciliation/marts_ddl.py",
+    "reconciliation/mart_store.py", "reconciliation/incremental.py", "contracts/outgoing.py"))
+
+
+def code_stamp(*files: str | os.PathLike) -> str:
+    """A digest of the source of ``files``: part of every fingerprint or cache key whose
+    result depends on that code (marts, payload builds, report texts)."""
+    h = hashlib.sha256()
+    for f in files:
+        h.update(Path(f).read_bytes())
+    return h.hexdigest()
+
 
 _STATE_DDL = ("CREATE TABLE IF NOT EXISTS marts.build_state (mart VARCHAR PRIMARY KEY, fingerprint VARCHAR, "
               "built_at TIMESTAMPTZ, contract VARCHAR)")
@@ -42,6 +61,7 @@ def input_fingerprint(con: duckdb.DuckDBPyConnection, inputs: list[str], setting
     h.update(json.dumps(settings.as_dict(), sort_keys=True).encode())
     h.update(clock_key.encode())
     h.update(extra.encode())
+    h.update(code_stamp(*MART_CODE).encode())
     return h.hexdigest()
 
 

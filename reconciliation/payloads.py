@@ -82,6 +82,7 @@ import polars as pl
 from contracts.settings import Settings
 from contracts.warehouse import table_exists
 
+from .incremental import code_stamp
 from .marts_ddl import run_clock
 
 PLANNING_INVENTORY_SYNC = "planning_inventory_sync"
@@ -352,7 +353,7 @@ FROM marts.replenishment_proposal p
 WHERE p.quantity > 0 AND (p.run_as_of = $as_of OR p.run_as_of IS NULL)
 """,
 }
-_CODE = tuple(Path(__file__).parent.parent / f for f in (
+_CODE = tuple(Path(__file__).resolve().parent.parent / f for f in (
     "reconciliation/payloads.py", "reconciliation/outbox.py", "contracts/outgoing.py"))
 
 
@@ -367,7 +368,7 @@ def input_fingerprint(con: duckdb.DuckDBPyConnection, payload_type: str, as_of: 
     as_of = utc(as_of)
     params = {"as_of": as_of} if "$as_of" in _FINGERPRINT_SQL[payload_type] else {}
     digest = con.execute(_FINGERPRINT_SQL[payload_type], params).fetchone()
-    code = [hashlib.sha256(p.read_bytes()).hexdigest() for p in _CODE]
+    code = code_stamp(*_CODE)
     parts = [payload_type, list(digest), checks.outcome(), full_sync, iso_z(as_of) if full_sync else None,
              schema_version, code]
     return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()

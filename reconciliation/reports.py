@@ -62,6 +62,7 @@ import markupsafe
 
 from contracts.warehouse import table_exists
 
+from .incremental import code_stamp
 from .outbox import write_atomic
 from .payloads import iso_z, utc
 
@@ -369,7 +370,7 @@ WHERE (e.first_seen_at IS NULL OR e.first_seen_at <= $as_of)
 # the columns ``describe`` reads; a description is a pure function of them and week0
 _DESCRIBED_BY = ("exception_type", "details", "uom")
 # a cached description is only used by the code that wrote it: the key names this file
-_CODE_STAMP = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
+_CODE_STAMP = code_stamp(__file__)[:12]
 
 
 def _exceptions(con: duckdb.DuckDBPyConnection, as_of: datetime, previous: datetime | None,

@@ -95,6 +95,21 @@ def test_drift_recomputed_when_settings_or_a_canonical_input_change(db, settings
     assert build_inventory_drift(db.con, looser, db.AS_OF + 3 * LATER)["recomputed"] is True
 
 
+def test_drift_and_alignment_recomputed_when_their_code_changes(db, settings, monkeypatch):
+    """A carried-over mart was built by the code of its time: a new version rebuilds it."""
+    from reconciliation import incremental
+
+    _world(db)
+    build_inventory_drift(db.con, settings, db.AS_OF)
+    build_forecast_order_alignment(db.con, settings, db.AS_OF)
+    assert build_inventory_drift(db.con, settings, db.AS_OF + LATER)["recomputed"] is False
+    assert build_forecast_order_alignment(db.con, settings, db.AS_OF + LATER)["recomputed"] is False
+    real = incremental.code_stamp
+    monkeypatch.setattr(incremental, "code_stamp", lambda *files: "new:" + real(*files))
+    assert build_inventory_drift(db.con, settings, db.AS_OF + 2 * LATER)["recomputed"] is True
+    assert build_forecast_order_alignment(db.con, settings, db.AS_OF + 2 * LATER)["recomputed"] is True
+
+
 def test_a_lost_lake_file_is_rebuilt_not_trusted(db, settings):
     _world(db)
     build_inventory_drift(db.con, settings, db.AS_OF)
