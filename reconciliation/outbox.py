@@ -26,7 +26,7 @@ per row); an existing file keeps its layout and works as before. The bulk transa
 runs with a 256 MiB page cache. Measured at one million records on this 2-core machine
 (shared, so CPU seconds): the SQLite inserts and checkpoint cost ~17 s CPU against ~23 s
 with rowid tables, 4 KiB pages and the default cache; they remain the largest part of a
-first emission (see the final report of the delivery branch for the figures).
+first emission (figures in ``benchmarks/README.md``).
 
 The last emitted state (``sync_latest`` of one payload type) is also kept as Parquet in a
 local ``state_cache`` folder, named by the outbox's *state token* — a hash of the set of
@@ -75,7 +75,7 @@ from sqlalchemy.dialects.postgresql.psycopg import dialect as psycopg_dialect
 
 from contracts.landing import filesystem
 from contracts.settings import Settings
-from contracts.warehouse import columns_of, default_lake_dir, empty_select
+from contracts.warehouse import columns_of, default_lake_dir, empty_select, table_kind
 
 from .payloads import INTERNAL_COLUMNS, iso_z, json_column, utc
 
@@ -292,14 +292,7 @@ class Outbox:
         path = self._cache_file(payload_type, ids)
         if path is None:
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            state.write_parquet(tmp, compression="lz4")
-            os.replace(tmp, path)
-        finally:
-            with contextlib.suppress(OSError):
-                os.remove(tmp)
+        write_parquet_atomic(state, path, fsync=False)
         for old in path.parent.glob(f"{payload_type}.*.parquet"):
             if old != path:
                 with contextlib.suppress(OSError):
@@ -574,7 +567,7 @@ class Outbox:
                     rows = _fetch(conn, *self._compiled(stmt, {"b": batch_id}))
                 recs = pl.DataFrame(rows, schema={c: pl.String for c in cols}, orient="row")
             recs = recs.with_columns(created_at=pl.lit(batch_row["created_at"].item(), pl.Datetime("us", "UTC")))
-            _write_parquet_atomic(recs.select(RECORD_COLUMNS), folder / payload_type / f"{batch_id}.parquet")
+            write_parquet_atomic(recs.select(RECORD_COLUMNS), folder / payload_type / f"{batch_id}.parquet")
             del recs
             con.execute("INSERT INTO sync.batch BY NAME SELECT * FROM batch_row")
         _record_view(con, folder)
@@ -637,37 +630,35 @@ def _token(batch_ids: Iterable[str]) -> str:
     return hashlib.sha256("\n".join(sorted(batch_ids)).encode()).hexdigest()
 
 
-def _write_parquet_atomic(frame: pl.DataFrame, path: Path) -> None:
-    """A Parquet file (lz4) under a temporary name, fsynced, then renamed into place."""
+def write_parquet_atomic(frame: pl.DataFrame, path: str | os.PathLike, *, compression: str = "lz4",
+                         fsync: bool = True) -> None:
+    """A Parquet file under a temporary name (fsynced unless ``fsync`` is false: a cache),
+    then renamed into place, so a reader sees the old file or the whole new one."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        frame.write_parquet(tmp, compression="lz4")
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        frame.write_parquet(tmp, compression=compression)
+        if fsync:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         os.replace(tmp, path)
     finally:
         with contextlib.suppress(OSError):
             os.remove(tmp)
 
 
-def _relation_type(con: duckdb.DuckDBPyConnection, schema: str, name: str) -> str | None:
-    row = con.execute("SELECT table_type FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
-                      [schema, name]).fetchone()
-    return row[0] if row else None
-
-
 def _move_record_table_to_files(con: duckdb.DuckDBPyConnection, folder: Path) -> None:
     """An older warehouse keeps ``sync.record`` as a table: write each of its batches to
     its file, then replace the table by the view (a crash in between redoes it)."""
-    if _relation_type(con, "sync", "record") != "BASE TABLE":
+    if table_kind(con, "sync.record") != "BASE TABLE":
         return
     for batch_id, payload_type in con.execute("SELECT DISTINCT batch_id, payload_type FROM sync.record").fetchall():
         recs = con.execute(f"SELECT {', '.join(RECORD_COLUMNS)} FROM sync.record WHERE batch_id = ?", [batch_id]).pl()
-        _write_parquet_atomic(recs, folder / payload_type / f"{batch_id}.parquet")
+        write_parquet_atomic(recs, folder / payload_type / f"{batch_id}.parquet")
     con.execute("DROP TABLE sync.record")
     _record_view(con, folder)
 
@@ -686,6 +677,6 @@ def _record_view(con: duckdb.DuckDBPyConnection, folder: Path) -> None:
         select = f"SELECT {cols} FROM {source} WHERE batch_id IN (SELECT batch_id FROM sync.batch)"
     else:
         select = empty_select(DUCKDB_DDL["sync.record"])
-    if _relation_type(con, "sync", "record") == "BASE TABLE":
+    if table_kind(con, "sync.record") == "BASE TABLE":
         raise RuntimeError("sync.record is still a table")
     con.execute(f"CREATE OR REPLACE VIEW sync.record AS {select}")

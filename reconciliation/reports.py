@@ -63,7 +63,7 @@ import markupsafe
 from contracts.warehouse import table_exists
 
 from .incremental import code_stamp
-from .outbox import write_atomic
+from .outbox import write_atomic, write_parquet_atomic
 from .payloads import iso_z, utc
 
 SEVERITIES = ("high", "medium", "low")
@@ -367,6 +367,11 @@ WHERE (e.first_seen_at IS NULL OR e.first_seen_at <= $as_of)
   AND (e.status = 'open' OR (e.resolved_at > $previous AND e.resolved_at <= $as_of))
 """
 
+# the columns the query returns, typed as the report uses them
+_FETCHED = {**{c: pl.String for c in ("exception_id", "exception_type", "severity", "status", "item_id",
+                                      "location_id", "reference", "planner_code", "details", "item_description",
+                                      "uom", "location_name")},
+            "first_seen_at": pl.Datetime("us", "UTC"), "resolved_at": pl.Datetime("us", "UTC"), "age_days": pl.Int64}
 # the columns ``describe`` reads; a description is a pure function of them and week0
 _DESCRIBED_BY = ("exception_type", "details", "uom")
 # a cached description is only used by the code that wrote it: the key names this file
@@ -395,13 +400,8 @@ def _exceptions(con: duckdb.DuckDBPyConnection, as_of: datetime, previous: datet
         loc_name="l.name" if has_loc else "NULL",
         joins="\n".join(joins),
     )
-    text = ("exception_id", "exception_type", "severity", "status", "item_id", "location_id", "reference",
-            "planner_code", "details", "item_description", "uom", "location_name")
-    frame = con.execute(sql, {"as_of": as_of, "previous": previous or as_of}).pl().with_columns(
-        *[pl.col(c).cast(pl.String) for c in text],
-        *[pl.col(c).cast(pl.Datetime("us", "UTC")) for c in ("first_seen_at", "resolved_at")],
-        pl.col("age_days").cast(pl.Int64),
-    )
+    frame = (con.execute(sql, {"as_of": as_of, "previous": previous or as_of}).pl().cast(_FETCHED)
+             if table_exists(con, "marts.exceptions") else pl.DataFrame(schema=_FETCHED))
     types = frame.get_column("exception_type").unique().to_list()
     names = {t: EXCEPTION_TYPES.get(t, (str(t).replace("_", " ").title(), ""))[0] for t in types}
     rank = {s: i for i, s in enumerate(SEVERITIES)}
@@ -419,15 +419,6 @@ def _exceptions(con: duckdb.DuckDBPyConnection, as_of: datetime, previous: datet
         pl.col("_rank"), -pl.col("age_days").fill_null(0), pl.col("exception_type"),
         *[pl.col(c).fill_null("") for c in ("item_id", "location_id", "reference")], pl.col("exception_id"),
     )
-
-
-def _exceptions_frame_empty() -> pl.DataFrame:
-    """The frame ``_exceptions`` returns, with no rows (a warehouse without exceptions)."""
-    text = ("exception_id", "exception_type", "severity", "status", "item_id", "location_id", "reference",
-            "planner_code", "details", "item_description", "uom", "location_name", "type_name",
-            "reference_text", "description")
-    return pl.DataFrame(schema={**{c: pl.String for c in text}, "first_seen_at": pl.Datetime("us", "UTC"),
-                                "resolved_at": pl.Datetime("us", "UTC"), "age_days": pl.Int64, "_rank": pl.Int32})
 
 
 def _descriptions(frame: pl.DataFrame, week0: date, cache_dir: Path | None) -> pl.DataFrame:
@@ -457,10 +448,7 @@ def _descriptions(frame: pl.DataFrame, week0: date, cache_dir: Path | None) -> p
         "description", [describe(t, d, u, week0) for t, d, u in misses.iter_rows()], dtype=pl.String))
     table = pl.concat([hits, described])
     if path is not None and misses.height:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        table.with_columns(pl.lit(stamp).alias("stamp")).write_parquet(tmp, compression="zstd")
-        os.replace(tmp, path)
+        write_parquet_atomic(table.with_columns(pl.lit(stamp).alias("stamp")), path, compression="zstd", fsync=False)
     return table
 
 
@@ -658,8 +646,7 @@ def write_reports(
     run_dir = out / as_of.date().isoformat()
     run_dir.mkdir(parents=True, exist_ok=True)
 
-    exceptions = (_exceptions(con, as_of, previous, out / ".cache") if table_exists(con, "marts.exceptions")
-                  else _exceptions_frame_empty())
+    exceptions = _exceptions(con, as_of, previous, out / ".cache")
     opened = exceptions.filter(pl.col("status") == "open")
     new = (opened.filter(pl.col("first_seen_at") > previous) if previous is not None
            else opened.clear())
