@@ -183,10 +183,7 @@ def build_canonical_table(con: duckdb.DuckDBPyConnection, table: str, settings: 
     recorded = {name: con.execute(
         "SELECT file_path, sha256, system, feed, extract_ts FROM ingest.current_files WHERE feed = ? "
         "ORDER BY extract_ts, file_path", [name]).fetchall() for name in files}
-    if not rebuilt and all(sorted(recorded[name]) == sorted(rows) for name, rows in files.items()):
-        changed_feeds = []  # an incremental run: nothing to write
-    else:
-        changed_feeds = feeds
+    changed_feeds = [f for f in feeds if sorted(recorded[f.name]) != sorted(files[f.name])]
     con.execute("BEGIN TRANSACTION")
     try:
         for f in changed_feeds:

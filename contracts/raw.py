@@ -234,6 +234,13 @@ PER_VALUE_SAMPLE = 20_000
 PER_VALUE_MAX_SHARE = 0.2
 
 
+def few_distinct(series: pl.Series) -> bool:
+    """Whether a column is worth evaluating once per distinct value: a sample of its
+    first rows has at most ``PER_VALUE_MAX_SHARE`` distinct values."""
+    sample = series.head(PER_VALUE_SAMPLE)
+    return sample.n_unique() <= max(1, int(sample.len() * PER_VALUE_MAX_SHARE))
+
+
 def _per_value(df: pl.DataFrame, col: str, exprs: list[Expr]) -> bool:
     """Whether the column's rules may be evaluated once per distinct value (they read
     only that column, its values compare exactly) and that is likely to pay."""
@@ -242,8 +249,7 @@ def _per_value(df: pl.DataFrame, col: str, exprs: list[Expr]) -> bool:
         return False  # NaN and nested values do not round-trip through is_in exactly
     if any(set(e.meta.root_names()) != {col} for e in exprs):
         return False
-    sample = series.head(PER_VALUE_SAMPLE)
-    return sample.n_unique() <= max(1, int(sample.len() * PER_VALUE_MAX_SHARE))
+    return few_distinct(series)
 
 
 def suspect_mask(feed: Feed, df: pl.DataFrame, per_value: bool | None = None) -> Expr | None:
