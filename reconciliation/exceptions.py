@@ -64,7 +64,7 @@ from contracts.settings import Settings
 from contracts.warehouse import table_exists
 
 from .alignment import OUTSTANDING_PO_LINE
-from .marts_ddl import ensure_marts, markdown_table, run_clock, transaction
+from .marts_ddl import age_days_sql, ensure_marts, markdown_table, run_clock, transaction
 
 EXCEPTION_TYPES = (
     "INVENTORY_DRIFT",
@@ -371,11 +371,11 @@ def _merge(con: duckdb.DuckDBPyConnection, as_of: datetime) -> None:
     p = {"as_of": as_of}
     # resolved: last seen by the previous merged run (the clock), stops ageing now
     con.execute(
-        """
+        f"""
         UPDATE marts.exception_state e
         SET status = 'resolved', resolved_at = $as_of,
             last_seen_at = coalesce((SELECT max(as_of) FROM marts.exception_clock), e.last_seen_at),
-            age_days = CAST(floor((epoch($as_of::TIMESTAMPTZ) - epoch(e.first_seen_at)) / 86400) AS INTEGER)
+            age_days = {age_days_sql("$as_of::TIMESTAMPTZ", "e.first_seen_at")}
         FROM _exc_actions a
         WHERE a.exception_id = e.exception_id AND a.action = 'resolved'
         """,

@@ -132,13 +132,18 @@ PERSISTENT_TABLES = {
 # marts.exceptions, a view: an open exception was seen by the newest merged run, so its
 # last_seen_at and age_days follow that run's as_of (marts.exception_clock) instead of
 # being rewritten on every open row by every run; resolved rows keep their stored values
-EXCEPTIONS_VIEW = """
+def age_days_sql(now: str, first_seen: str) -> str:
+    """An exception's age: whole days from ``first_seen`` to ``now`` (SQL expressions)."""
+    return f"CAST(floor((epoch({now}) - epoch({first_seen})) / 86400) AS INTEGER)"
+
+
+EXCEPTIONS_VIEW = f"""
 SELECT e.exception_id, e.exception_type, e.severity, e.status, e.item_id, e.location_id, e.reference,
        e.planner_code, e.details, e.first_seen_at,
        CASE WHEN e.status = 'open' AND c.as_of IS NOT NULL THEN c.as_of ELSE e.last_seen_at END AS last_seen_at,
        e.resolved_at,
        CASE WHEN e.status = 'open' AND c.as_of IS NOT NULL
-            THEN CAST(floor((epoch(c.as_of) - epoch(e.first_seen_at)) / 86400) AS INTEGER)
+            THEN {age_days_sql("c.as_of", "e.first_seen_at")}
             ELSE e.age_days END AS age_days
 FROM marts.exception_state e
 LEFT JOIN (SELECT max(as_of) AS as_of FROM marts.exception_clock) c ON true
