@@ -66,6 +66,18 @@ def test_emit_writes_body_manifest_and_sql(make_outbox, tmp_path):
     assert batch["file_path"] == res.file_path
 
 
+def test_body_file_is_the_json_lines_byte_for_byte_with_quotes_commas_and_non_ascii(make_outbox):
+    ob = make_outbox()
+    recs = synthetic(4).with_columns(product_code=pl.Series(['P"1', "P,2", "Pé3", "P 4\\"]))
+    res = ob.emit(PLANNING_INVENTORY_SYNC, recs, AS_OF)
+    body = Path(res.file_path).read_bytes()
+    with ob.engine.connect() as conn:
+        by_key = dict(conn.execute(sa.select(ob.record_table.c.business_key, ob.record_table.c.body)).all())
+    assert body == ("\n".join(by_key[k] for k in sorted(by_key)) + "\n").encode()
+    assert sorted(json.loads(line)["product_code"] for line in body.decode().splitlines()) == sorted(
+        ['P"1', "P,2", "Pé3", "P 4\\"])
+
+
 def test_reemitting_is_a_no_op_in_files_and_sql(make_outbox, tmp_path):
     ob = make_outbox()
     recs = synthetic(20)
