@@ -171,6 +171,15 @@ def test_bulk_paths_in_small_chunks(make_outbox):
     assert set(state["run_as_of"]) == {AS_OF}
 
 
+def test_a_record_given_twice_in_one_batch_is_emitted_once(make_outbox):
+    recs = synthetic(6)
+    twice = pl.concat([recs, recs.reverse(), recs.head(2)])
+    ob = make_outbox()
+    res = ob.emit(PLANNING_INVENTORY_SYNC, twice, AS_OF)
+    assert res.record_count == 6 and sql_counts(ob) == (1, 6, 6)
+    assert len(Path(res.file_path).read_bytes().splitlines()) == 6
+
+
 def test_two_contents_for_one_key_in_one_batch_are_refused(make_outbox):
     a, b = synthetic(1), synthetic(1, qty=5.0)
     with pytest.raises(ValueError, match="one business key"):
