@@ -75,4 +75,6 @@ def test_benchmark_harness_small(tmp_path: Path) -> None:
         if "datacompy" not in name:
             assert figures[name]["value"] is not None, name
             assert figures[name]["target"], name
+    # the run floor's own share of the pipeline, for information
+    assert figures["ingest to marts / run floor (info)"]["value"] > 0
     assert elapsed < 170
