@@ -83,9 +83,6 @@ per_key AS (
            sum(CASE WHEN system = 'erp' THEN qty END) AS erp_qty,
            sum(CASE WHEN system = 'wms' THEN qty END) AS wms_qty,
            sum(CASE WHEN system = 'planning' THEN qty END) AS planning_qty,
-           bool_or(system = 'erp') AS erp_present,
-           bool_or(system = 'wms') AS wms_present,
-           bool_or(system = 'planning') AS planning_present,
            max(CASE WHEN system = 'erp' THEN snapshot_at END) AS erp_at,
            max(CASE WHEN system = 'wms' THEN snapshot_at END) AS wms_at,
            max(CASE WHEN system = 'planning' THEN snapshot_at END) AS planning_at
@@ -109,9 +106,11 @@ keyed AS (
            coalesce(p.erp_qty, 0)      AS erp_qty,
            coalesce(p.wms_qty, 0)      AS wms_qty,
            coalesce(p.planning_qty, 0) AS planning_qty,
-           coalesce(p.erp_present, false)      AS erp_present,
-           coalesce(p.wms_present, false)      AS wms_present,
-           coalesce(p.planning_present, false) AS planning_present,
+           -- a system has rows for the key exactly when it has a snapshot time for it
+           -- (snapshot_at is never null in the canonical contract)
+           p.erp_at IS NOT NULL      AS erp_present,
+           p.wms_at IS NOT NULL      AS wms_present,
+           p.planning_at IS NOT NULL AS planning_present,
            coalesce(p.erp_at, s.t_erp)           AS erp_as_of,
            coalesce(p.wms_at, s.t_wms)           AS wms_as_of,
            coalesce(p.planning_at, s.t_planning) AS planning_as_of,
