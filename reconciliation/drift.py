@@ -132,9 +132,13 @@ moves AS (
            sum(CASE WHEN t.txn_at > k.erp_as_of AND t.txn_at <= k.planning_as_of THEN t.qty
                     WHEN t.txn_at > k.planning_as_of AND t.txn_at <= k.erp_as_of THEN -t.qty
                     ELSE 0 END) AS planning_shift
-    FROM canonical.inventory_txn t
-    JOIN keyed k USING (item_id, location_id)
-    WHERE t.txn_at > (SELECT t_min FROM sys_time) AND t.txn_at <= (SELECT t_max FROM sys_time)
+    -- the movements inside the snapshot window against the keys' three snapshot times only:
+    -- DuckDB then builds its hash table on the movements, not on a million 20-column keys
+    FROM (SELECT t.item_id, t.location_id, t.qty, t.txn_at
+          FROM canonical.inventory_txn t, sys_time s
+          WHERE t.txn_at > s.t_min AND t.txn_at <= s.t_max) t
+    JOIN (SELECT item_id, location_id, erp_as_of, wms_as_of, planning_as_of FROM keyed) k
+      USING (item_id, location_id)
     GROUP BY k.item_id, k.location_id
 ),
 tol AS (
@@ -156,7 +160,11 @@ tol AS (
     FROM keyed k
     LEFT JOIN moves m USING (item_id, location_id)
     LEFT JOIN canonical.item i ON i.item_id = k.item_id
-    LEFT JOIN canonical.item_location il ON il.item_id = k.item_id AND il.location_id = k.location_id
+    -- a blank planner code is UNASSIGNED whether or not it joins; leaving those rows out
+    -- also makes DuckDB build the join on item_location's three columns (half the cost)
+    LEFT JOIN (SELECT item_id, location_id, planner_code FROM canonical.item_location
+               WHERE nullif(trim(planner_code), '') IS NOT NULL) il
+           ON il.item_id = k.item_id AND il.location_id = k.location_id
     LEFT JOIN _drift_tol_loc tl ON tl.location_id = k.location_id
     LEFT JOIN _drift_tol_group tg ON tg.material_group = i.material_group
 ),
