@@ -32,6 +32,7 @@ from pathlib import Path
 import duckdb
 
 from contracts.feeds import DELTA, EVENTS, FEEDS, SNAPSHOT, VERSIONED, Feed
+from contracts.files import link_or_copy
 from contracts.ingest import staging_path
 from contracts.settings import Settings
 from contracts.warehouse import (CANONICAL_DDL, columns_of, create_all, default_lake_dir, drop_table_or_view,
@@ -93,13 +94,6 @@ def _sql_list(paths: list[Path]) -> str:
     return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
 
 
-def _link(src: Path, dst: Path) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:  # another file system, or links not allowed: copy
-        shutil.copyfile(src, dst)
-
-
 def _publish(con: duckdb.DuckDBPyConnection, table: str, lake: Path, files: dict[str, list[tuple]],
              built_from: dict[str, list[tuple]] | None = None) -> Path:
     """Write ``<lake>/canonical/<table>/`` for the given current files; return the folder.
@@ -125,7 +119,7 @@ def _publish(con: duckdb.DuckDBPyConnection, table: str, lake: Path, files: dict
         parts = sorted(final.glob(f"{feed.name}*.parquet")) if final.is_dir() else []
         if feed.kind == EVENTS and before and parts and len(rows) > len(before) and rows[:len(before)] == before:
             for p in parts:
-                _link(p, tmp / p.name)
+                link_or_copy(p, tmp / p.name)
             out = tmp / f"{feed.name}.{len(parts):05d}.parquet"
             con.execute(
                 f"""COPY (SELECT * EXCLUDE (filename) FROM read_parquet({_sql_list(paths[len(before):])},
@@ -135,7 +129,7 @@ def _publish(con: duckdb.DuckDBPyConnection, table: str, lake: Path, files: dict
                     TO '{out}' (FORMAT parquet, COMPRESSION lz4)""")
         elif feed.kind in (SNAPSHOT, VERSIONED):
             for p in paths:
-                _link(p, tmp / f"{feed.name}__{p.name}")
+                link_or_copy(p, tmp / f"{feed.name}__{p.name}")
         else:
             if feed.kind == DELTA:
                 order = f"PARTITION BY {DELTA_KEY[feed.name]} ORDER BY extract_ts DESC, source_file DESC, _row_number DESC"

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import duckdb
 
+from contracts.files import replaced_atomically
+
 SCHEMAS = ("ingest", "staging", "canonical", "marts", "sync")
 
 # --- ingest ------------------------------------------------------------------------------
@@ -228,10 +230,8 @@ def export_to_lake(con: duckdb.DuckDBPyConnection, qualified: str, lake_dir: str
         row = con.execute("SELECT version FROM ingest.lake_export WHERE table_name = ?", [qualified]).fetchone()
         if row is not None and row[0] == version:
             return final
-    os.makedirs(folder, exist_ok=True)
-    tmp = final + ".tmp"
-    con.execute(f"COPY (SELECT * FROM {qualified}) TO '{tmp}' (FORMAT parquet, COMPRESSION zstd)")
-    os.replace(tmp, final)
+    with replaced_atomically(final) as tmp:
+        con.execute(f"COPY (SELECT * FROM {qualified}) TO '{tmp}' (FORMAT parquet, COMPRESSION zstd)")
     if version is not None:
         con.execute("""INSERT INTO ingest.lake_export VALUES (?, ?)
                        ON CONFLICT (table_name) DO UPDATE SET version = excluded.version""", [qualified, version])

@@ -44,6 +44,7 @@ from typing import Callable
 import duckdb
 import polars as pl
 
+from contracts.files import link_atomic, replaced_atomically
 from contracts.warehouse import columns_of, drop_table_or_view, empty_select, quoted, table_kind
 
 from .marts_ddl import MARTS_DDL
@@ -104,13 +105,8 @@ def _publish(con: duckdb.DuckDBPyConnection, table: str, lake_dir: str | os.Path
              write: Callable[[Path], None]) -> Path:
     """``write`` fills a temporary file; it becomes this run's file and the view's."""
     file = run_file(lake_dir, table, as_of)
-    file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = file.with_name(f".{DATA_FILE}.{os.getpid()}.tmp")
-    try:
+    with replaced_atomically(file) as tmp:
         write(tmp)
-        os.replace(tmp, file)
-    finally:
-        tmp.unlink(missing_ok=True)
     _point_view(con, table, file, as_of)
     _remove_other_runs(lake_dir, table, file)
     return file
@@ -168,18 +164,6 @@ def move_run_mart(con: duckdb.DuckDBPyConnection, table: str, lake_dir: str | os
     return target
 
 
-def link_atomic(source: Path, target: Path) -> None:
-    """``target`` becomes the same file as ``source`` (hard link, else copy), atomically."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.link")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(source, tmp)
-    except OSError:  # another file system, or links not allowed
-        shutil.copyfile(source, tmp)
-    os.replace(tmp, target)
-
-
 # --- drift history --------------------------------------------------------------------------
 def add_history_run(con: duckdb.DuckDBPyConnection, lake_dir: str | os.PathLike, as_of: datetime,
                     drift_file: Path) -> None:
@@ -211,12 +195,9 @@ def migrate_history_table(con: duckdb.DuckDBPyConnection, lake_dir: str | os.Pat
             .fetchall()]
     select = ", ".join(quoted(c) for c, _ in _stored_columns(HISTORY))
     for run in runs:
-        file = run_file(lake_dir, HISTORY, run)
-        file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = file.with_name(f".{DATA_FILE}.{os.getpid()}.tmp")
-        con.execute(f"COPY (SELECT {select} FROM {HISTORY} WHERE run_as_of = $r) TO {_sql_path(tmp)} "
-                    "(FORMAT parquet, COMPRESSION zstd)", {"r": run})
-        os.replace(tmp, file)
+        with replaced_atomically(run_file(lake_dir, HISTORY, run)) as tmp:
+            con.execute(f"COPY (SELECT {select} FROM {HISTORY} WHERE run_as_of = $r) TO {_sql_path(tmp)} "
+                        "(FORMAT parquet, COMPRESSION zstd)", {"r": run})
     folder = mart_dir(lake_dir, HISTORY)
     for old in folder.glob(f"{_RUN_PREFIX}*.parquet"):  # the earlier one-file-per-run export
         old.unlink(missing_ok=True)

@@ -74,6 +74,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql.psycopg import dialect as psycopg_dialect
 
+from contracts.files import write_atomic, write_parquet_atomic
 from contracts.landing import filesystem
 from contracts.settings import Settings
 from contracts.warehouse import columns_of, default_lake_dir, empty_select, table_kind
@@ -576,27 +577,6 @@ class Outbox:
         return todo.height
 
 
-def write_atomic(path: str | os.PathLike, data: bytes, *, fsync: bool = True) -> None:
-    """Write a local file so that readers see the old file or the whole new one: a
-    temporary name in the same folder, (fsync,) rename; the temporary file is removed
-    when anything fails. Skip the fsync for files that can be regenerated."""
-    path = os.fspath(path)
-    folder, name = os.path.split(path)
-    os.makedirs(folder or ".", exist_ok=True)
-    tmp = os.path.join(folder, f".{name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            if fsync:
-                fh.flush()
-                os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
-
-
 def _fetch(conn: sa.Connection, sql: str, params: Sequence[Any]) -> list[tuple]:
     """Rows as plain tuples from the DB-API cursor (SQLAlchemy Row objects cost ~2 µs
     each, seconds on a million rows)."""
@@ -640,27 +620,6 @@ def _lines(values: pl.Series) -> bytes:
 
 def _token(batch_ids: Iterable[str]) -> str:
     return hashlib.sha256("\n".join(sorted(batch_ids)).encode()).hexdigest()
-
-
-def write_parquet_atomic(frame: pl.DataFrame, path: str | os.PathLike, *, compression: str = "lz4",
-                         fsync: bool = True) -> None:
-    """A Parquet file under a temporary name (fsynced unless ``fsync`` is false: a cache),
-    then renamed into place, so a reader sees the old file or the whole new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        frame.write_parquet(tmp, compression=compression)
-        if fsync:
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
 
 
 def _move_record_table_to_files(con: duckdb.DuckDBPyConnection, folder: Path) -> None:

@@ -60,10 +60,10 @@ import jinja2
 import polars as pl
 import markupsafe
 
+from contracts.files import write_atomic, write_parquet_atomic
 from contracts.warehouse import table_exists
 
 from .incremental import code_stamp
-from .outbox import write_atomic, write_parquet_atomic
 from .payloads import iso_z, utc
 
 SEVERITIES = ("high", "medium", "low")

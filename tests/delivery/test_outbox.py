@@ -146,10 +146,10 @@ def test_crash_while_writing_the_body_leaves_no_partial_file(make_outbox, tmp_pa
     def fail_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr("reconciliation.outbox.os.replace", fail_replace)
+    monkeypatch.setattr("contracts.files.os.replace", fail_replace)
     with pytest.raises(OSError):
         ob.emit(PLANNING_INVENTORY_SYNC, recs, AS_OF)
-    monkeypatch.setattr("reconciliation.outbox.os.replace", real_replace)
+    monkeypatch.setattr("contracts.files.os.replace", real_replace)
     assert batch_files(tmp_path) == [] and sql_counts(ob) == (0, 0, 0)
     res = ob.emit(PLANNING_INVENTORY_SYNC, recs, AS_OF)
     assert res.record_count == 10 and batch_files(tmp_path) == [Path(res.file_path)]
