@@ -61,8 +61,8 @@ from contracts.outgoing import check_mart
 from contracts.settings import Settings
 from contracts.warehouse import default_lake_dir
 
-from .incremental import input_fingerprint, record_build, recorded_build
-from .mart_store import current_file, move_run_mart, write_run_frame
+from .incremental import carry_over, input_fingerprint, record_build
+from .mart_store import write_run_frame
 from .marts_ddl import ensure_marts, markdown_table, plain, run_clock
 
 __all__ = ["build_forecast_order_alignment", "alignment_metadata", "netting", "classify", "OUTSTANDING_PO_LINE"]
@@ -244,10 +244,8 @@ def build_forecast_order_alignment(
     ensure_marts(con)
     fp = input_fingerprint(con, ALIGNMENT_INPUTS, settings,
                            f"{clock.run_date.isoformat()}|projection={write_projection}")
-    contract = recorded_build(con, "forecast_order_alignment", fp)
-    if contract is not None and all(current_file(con, lake_dir, t) is not None for t in ALIGNMENT_MARTS):
-        for table in ALIGNMENT_MARTS:
-            move_run_mart(con, table, lake_dir, clock.as_of)
+    contract = carry_over(con, "forecast_order_alignment", fp, ALIGNMENT_MARTS, lake_dir, clock.as_of)
+    if contract is not None:
         return {**alignment_metadata(con), "recomputed": False, "contract": contract}
 
     # the base row per item-location goes straight from DuckDB to polars, the weekly

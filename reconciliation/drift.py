@@ -43,8 +43,8 @@ from contracts.outgoing import check_mart
 from contracts.settings import Settings
 from contracts.warehouse import default_lake_dir
 
-from .incremental import input_fingerprint, record_build, recorded_build
-from .mart_store import add_history_run, current_file, move_run_mart, write_run_mart
+from .incremental import carry_over, input_fingerprint, record_build
+from .mart_store import add_history_run, run_file, write_run_mart
 from .marts_ddl import ensure_marts, markdown_table, plain, run_clock
 
 PAIRS = ("wms", "planning")
@@ -259,8 +259,8 @@ def build_inventory_drift(
     ensure_marts(con)
     movements = con.execute(_MOVEMENT_DIGEST_SQL).fetchone()
     fp = input_fingerprint(con, DRIFT_INPUTS, settings, "", extra=f"movements={movements}")
-    contract = recorded_build(con, "inventory_drift", fp)
-    recomputed = contract is None or current_file(con, lake_dir, "marts.inventory_drift") is None
+    contract = carry_over(con, "inventory_drift", fp, ["marts.inventory_drift"], lake_dir, clock.as_of)
+    recomputed = contract is None
     if recomputed:
         params = {
             "as_of": clock.as_of,
@@ -278,9 +278,7 @@ def build_inventory_drift(
                 con.execute(f"DROP TABLE IF EXISTS {temp}")
         contract = check_mart(con, "marts.inventory_drift", file)
         record_build(con, "inventory_drift", fp, contract)
-    else:
-        file = move_run_mart(con, "marts.inventory_drift", lake_dir, clock.as_of)
-    add_history_run(con, lake_dir, clock.as_of, file)
+    add_history_run(con, lake_dir, clock.as_of, run_file(lake_dir, "marts.inventory_drift", clock.as_of))
     return {**drift_metadata(con), "recomputed": recomputed, "contract": contract}
 
 

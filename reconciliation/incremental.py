@@ -17,12 +17,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from datetime import datetime
 from pathlib import Path
 
 import duckdb
 
 from contracts.settings import Settings
 from contracts.warehouse import table_exists
+
+from .mart_store import current_file, move_run_mart
 
 _ROOT = Path(__file__).resolve().parent.parent
 # the modules whose code decides a mart's rows and its contract result
@@ -71,7 +74,7 @@ def _state_table(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("ALTER TABLE marts.build_state ADD COLUMN IF NOT EXISTS contract VARCHAR")
 
 
-def recorded_build(con: duckdb.DuckDBPyConnection, mart: str, fingerprint: str | None) -> dict | None:
+def _recorded_build(con: duckdb.DuckDBPyConnection, mart: str, fingerprint: str | None) -> dict | None:
     """The contract result recorded with the mart's last build when that build had this
     fingerprint (the mart is current), else None."""
     if fingerprint is None:
@@ -81,6 +84,20 @@ def recorded_build(con: duckdb.DuckDBPyConnection, mart: str, fingerprint: str |
     if row is None or row[0] != fingerprint:
         return None
     return json.loads(row[1]) if row[1] else {"failures": {}, "sample": []}
+
+
+def carry_over(con: duckdb.DuckDBPyConnection, mart: str, fingerprint: str | None, tables: list[str],
+               lake_dir: str | os.PathLike, as_of: datetime) -> dict | None:
+    """When the mart's last build had this fingerprint and each of its ``tables`` still has
+    its lake file, carry those files over to the run at ``as_of`` (a hard link each,
+    ``mart_store.move_run_mart``) and return the contract result recorded with the build;
+    otherwise None: the mart has to be built."""
+    contract = _recorded_build(con, mart, fingerprint)
+    if contract is None or any(current_file(con, lake_dir, t) is None for t in tables):
+        return None
+    for table in tables:
+        move_run_mart(con, table, lake_dir, as_of)
+    return contract
 
 
 def record_build(con: duckdb.DuckDBPyConnection, mart: str, fingerprint: str | None,
