@@ -442,10 +442,11 @@ def _descriptions(frame: pl.DataFrame, week0: date, cache_dir: Path | None) -> p
                 cached = held.select(list(schema)).cast(schema)
         except (OSError, pl.exceptions.PolarsError):
             pass  # a broken cache is only a slower report
-    hits = keys.join(cached, on=list(_DESCRIBED_BY), how="inner", nulls_equal=True)
-    misses = keys.join(cached, on=list(_DESCRIBED_BY), how="anti", nulls_equal=True)
+    known = keys.join(cached, on=list(_DESCRIBED_BY), how="left", nulls_equal=True)
+    hits = known.filter(pl.col("description").is_not_null())
+    misses = known.filter(pl.col("description").is_null())
     described = misses.with_columns(pl.Series(
-        "description", [describe(t, d, u, week0) for t, d, u in misses.iter_rows()], dtype=pl.String))
+        "description", [describe(t, d, u, week0) for t, d, u, _ in misses.iter_rows()], dtype=pl.String))
     table = pl.concat([hits, described])
     if path is not None and misses.height:
         write_parquet_atomic(table.with_columns(pl.lit(stamp).alias("stamp")), path, compression="zstd", fsync=False)
@@ -562,10 +563,10 @@ class _WrittenCsv:
     def __init__(self, path: Path) -> None:
         self.path = path
         try:
-            self.files: dict[str, dict[str, Any]] = json.loads(path.read_text(encoding="utf-8"))
-            assert isinstance(self.files, dict)
-        except (OSError, ValueError, AssertionError):
-            self.files = {}
+            held = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            held = None
+        self.files: dict[str, dict[str, Any]] = held if isinstance(held, dict) else {}
         self.dirty = False
 
     @staticmethod
@@ -600,7 +601,6 @@ class _WrittenCsv:
     def save(self) -> None:
         if self.dirty:
             keep = dict(sorted(self.files.items())[-2000:])  # bounded: the latest days' files
-            self.path.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(self.path, (json.dumps(keep, indent=1) + "\n").encode(), fsync=False)
 
 
