@@ -171,6 +171,7 @@ def test_severity_by_value_and_planner(db, settings):
     db.item("m", cost=100.0)
     db.item("l", cost=100.0)
     db.item_location("h", "1010", planner="P07")
+    db.item_location("l", "1010", planner="  ")  # a blank planner code is no planner
     for item, diff in (("h", 10), ("m", 1), ("l", 0.5)):  # values 1000, 100, 50
         db.snap("erp", item, "1010", 100)
         db.snap("wms", item, "1010", 100 + diff)
@@ -180,6 +181,7 @@ def test_severity_by_value_and_planner(db, settings):
     assert sev == {"h": "high", "m": "medium", "l": "low"}
     assert db.row("marts.inventory_drift", "h", "1010")["planner_code"] == "P07"
     assert db.row("marts.inventory_drift", "m", "1010")["planner_code"] == "UNASSIGNED"
+    assert db.row("marts.inventory_drift", "l", "1010")["planner_code"] == "UNASSIGNED"
     assert meta["drift"] == 3 and meta["drift_value_total"] == pytest.approx(1150.0)
     assert "| h | 1010 | P07 |" in meta["top_drift"]
 
