@@ -9,7 +9,9 @@ at its last build, the mart's file is carried over to the new run
 (``mart_store.move_run_mart``: a hard link, no rewrite) together with the result of its
 contract check, so an incremental run costs what changed. Tables filled some other way
 (tests that insert canonical rows directly) have no fingerprint: their marts are always
-built.
+built. The builds are recorded in ``marts.build_state``, created (and given newer columns)
+with the other persistent marts by ``marts_ddl.ensure_marts``, which every builder calls
+first.
 """
 
 from __future__ import annotations
@@ -43,10 +45,6 @@ def code_stamp(*files: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-_STATE_DDL = ("CREATE TABLE IF NOT EXISTS marts.build_state (mart VARCHAR PRIMARY KEY, fingerprint VARCHAR, "
-              "built_at TIMESTAMPTZ, contract VARCHAR)")
-
-
 def input_fingerprint(con: duckdb.DuckDBPyConnection, inputs: list[str], settings: Settings,
                       clock_key: str, extra: str = "") -> str | None:
     """Fingerprint of the inputs, or None when one of them has no recorded build (or the
@@ -68,18 +66,11 @@ def input_fingerprint(con: duckdb.DuckDBPyConnection, inputs: list[str], setting
     return h.hexdigest()
 
 
-def _state_table(con: duckdb.DuckDBPyConnection) -> None:
-    con.execute("CREATE SCHEMA IF NOT EXISTS marts")
-    con.execute(_STATE_DDL)
-    con.execute("ALTER TABLE marts.build_state ADD COLUMN IF NOT EXISTS contract VARCHAR")
-
-
 def _recorded_build(con: duckdb.DuckDBPyConnection, mart: str, fingerprint: str | None) -> dict | None:
     """The contract result recorded with the mart's last build when that build had this
     fingerprint (the mart is current), else None."""
     if fingerprint is None:
         return None
-    _state_table(con)
     row = con.execute("SELECT fingerprint, contract FROM marts.build_state WHERE mart = ?", [mart]).fetchone()
     if row is None or row[0] != fingerprint:
         return None
@@ -102,7 +93,6 @@ def carry_over(con: duckdb.DuckDBPyConnection, mart: str, fingerprint: str | Non
 
 def record_build(con: duckdb.DuckDBPyConnection, mart: str, fingerprint: str | None,
                  contract: dict | None = None) -> None:
-    _state_table(con)
     if fingerprint is None:
         con.execute("DELETE FROM marts.build_state WHERE mart = ?", [mart])
         return

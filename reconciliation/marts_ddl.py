@@ -127,6 +127,8 @@ PERSISTENT_TABLES = {
     "marts.exception_state": EXCEPTIONS_COLUMNS,
     "marts.exception_events": EXCEPTION_EVENTS_COLUMNS,
     "marts.kpis": KPIS_COLUMNS,
+    # the input fingerprint and contract result of each mart's last build (incremental.py)
+    "marts.build_state": "mart VARCHAR PRIMARY KEY, fingerprint VARCHAR, built_at TIMESTAMPTZ, contract VARCHAR",
 }
 
 # marts.exceptions, a view: an open exception was seen by the newest merged run, so its
