@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 import duckdb
 import polars as pl
@@ -144,9 +145,13 @@ def _write_staging(lake_dir, feed: Feed, staged: pl.DataFrame, rel_path: str, sh
     return path
 
 
-def ingest_file(con: duckdb.DuckDBPyConnection, lf: LandingFile, refs: References, settings: Settings,
-                as_of: datetime, lake_dir: str | os.PathLike, data: bytes | None = None) -> FileOutcome | None:
-    """Ingest one landing file; None when it is unchanged since it was last seen."""
+def ingest_file(con: duckdb.DuckDBPyConnection, lf: LandingFile, refs: Callable[[], References],
+                settings: Settings, as_of: datetime, lake_dir: str | os.PathLike,
+                data: bytes | None = None) -> FileOutcome | None:
+    """Ingest one landing file; None when it is unchanged since it was last seen.
+
+    ``refs()`` gives the master data to map against; it is called only when the file's
+    rows are read, so unchanged, duplicate and unreadable files cost no reference load."""
     started = time.perf_counter()
     feed = lf.feed
     state = _state(con, lf.rel_path)
@@ -182,7 +187,7 @@ def ingest_file(con: duckdb.DuckDBPyConnection, lf: LandingFile, refs: Reference
     del data
     box = [parsed]
     del parsed
-    prep = prepare(feed, box.pop(), refs)  # prepare releases the raw frame when done with it
+    prep = prepare(feed, box.pop(), refs())  # prepare releases the raw frame when done with it
     n_bad = prep.rows_quarantined
     reason = None
     if prep.rows_read == 0 and feed.is_full_snapshot:
@@ -256,7 +261,15 @@ def ingest_feed(con: duckdb.DuckDBPyConnection, feed: Feed, files: list[LandingF
                 as_of: datetime, lake_dir: str | os.PathLike) -> FeedIngest:
     """Ingest the given files of one feed, oldest name first."""
     result = FeedIngest(feed.name)
-    refs = load_references(con)
+    loaded: list[References] = []
+
+    def refs() -> References:
+        # once per feed, and only if a file has rows to map: an hourly run skips the
+        # unchanged files of most feeds and need not read ~250k master rows for each
+        if not loaded:
+            loaded.append(load_references(con))
+        return loaded[0]
+
     for lf in sorted(files, key=lambda f: (f.extract_ts, f.rel_path)):
         outcome = ingest_file(con, lf, refs, settings, as_of, lake_dir)
         if outcome is None:

@@ -120,7 +120,12 @@ def test_degraded_mode_keeps_previous_accepted_version_current(ingested):
     assert current["inventory_position"].endswith("inventory_position_20261124T020000Z.jsonl")
 
 
-def test_ingesting_the_same_landing_twice_changes_nothing(ingested, mini_landing):
+def test_ingesting_the_same_landing_twice_changes_nothing(ingested, mini_landing, monkeypatch):
+    # nothing new to map, so no feed reads the master data (an hourly run's unchanged feeds)
+    def no_reference_load(con):
+        raise AssertionError("references loaded for a landing with no new file")
+
+    monkeypatch.setattr("contracts.ingest.load_references", no_reference_load)
     tables = ["ingest.manifest", "ingest.quarantine", "canonical.inventory_snapshot", "canonical.forecast",
               "canonical.inventory_txn", "canonical.purchase_order_line", "ingest.current_files"]
     before = {t: sorted(ingested.execute(f"SELECT * FROM {t}").fetchall(), key=repr) for t in tables}
