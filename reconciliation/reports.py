@@ -38,7 +38,7 @@ grouping per planner, counts and the CSV are column operations, and only the fir
 ``max_rows`` rows of each table become Python values for the page templates. The
 plain-language sentence (``describe``) is Python, once per distinct (type, details, unit),
 and cached between reports in ``<reports>/.cache/descriptions.parquet`` (see
-``_descriptions``): an hourly report in the same week describes only what changed. A
+``_with_descriptions``): an hourly report in the same week describes only what changed. A
 planner's CSV whose rows did not change since this code wrote it is left as it is
 (``_WrittenCsv``, ``<reports>/.cache/csv.json``); the pages are always written (they show
 the run's ``as_of`` and what is new since the previous report).
@@ -413,44 +413,68 @@ def _exceptions(con: duckdb.DuckDBPyConnection, as_of: datetime, previous: datet
         pl.col("severity").replace_strict(rank, default=len(SEVERITIES), return_dtype=pl.Int32)
         .fill_null(len(SEVERITIES)).alias("_rank"),
     )
-    frame = frame.join(_descriptions(frame, week0, cache_dir), on=list(_DESCRIBED_BY), how="left",
-                       nulls_equal=True)
+    frame = _with_descriptions(frame, week0, cache_dir)
     return frame.sort(
         pl.col("_rank"), -pl.col("age_days").fill_null(0), pl.col("exception_type"),
         *[pl.col(c).fill_null("") for c in ("item_id", "location_id", "reference")], pl.col("exception_id"),
     )
 
 
-def _descriptions(frame: pl.DataFrame, week0: date, cache_dir: Path | None) -> pl.DataFrame:
-    """``describe`` once per distinct (type, details, unit), and only for those the
-    previous report did not already describe the same week with the same code.
+# a report that needs fewer new sentences than this leaves the cache file as it is:
+# describing them again next time costs less than rewriting ~365k cached rows
+_CACHE_REWRITE_MIN_MISSES = 1000
 
-    The descriptions of a report are kept in ``<reports>/.cache/descriptions.parquet``
-    (the key columns, ``week0``, the code stamp, the text); it is rewritten only when this
-    report needed a description it did not hold, and then holds exactly this report's. An
-    unreadable or foreign cache is ignored. At a million item-locations (~530k open
-    exceptions, ~365k distinct details) this turns ~6 s of Python into a join."""
-    keys = frame.select(_DESCRIBED_BY).unique()
+
+def _description_key(frame: pl.DataFrame) -> pl.Series:
+    """A 64-bit hash of the described-by columns: the cache is matched on it, then
+    confirmed column by column (a hash collision is a miss, never a wrong sentence)."""
+    return frame.select(pl.struct(list(_DESCRIBED_BY)).hash()).to_series()
+
+
+def _with_descriptions(frame: pl.DataFrame, week0: date, cache_dir: Path | None) -> pl.DataFrame:
+    """``frame`` with a ``description`` column: ``describe`` once per distinct (type,
+    details, unit) the cache does not already hold for the same week and code.
+
+    The cache is ``<reports>/.cache/descriptions.parquet`` (the key columns, the code
+    stamp and ``week0``, the text). Rows are matched to it on a hash of the key columns
+    and confirmed on the columns themselves. It is rewritten, with exactly this report's
+    descriptions, when it was missing, foreign or unreadable, or when this report needed
+    at least ``_CACHE_REWRITE_MIN_MISSES`` new ones; an hourly report whose only new
+    details are a few (a stale feed's age, say) describes those few again instead. At a
+    million item-locations (~530k open exceptions, ~365k distinct details) this turns
+    ~6 s of Python into a hash join."""
     schema = {"exception_type": pl.String, "details": pl.String, "uom": pl.String, "description": pl.String}
     cached = pl.DataFrame(schema=schema)
     path = cache_dir / "descriptions.parquet" if cache_dir is not None else None
     stamp = f"{_CODE_STAMP}|{week0.isoformat()}"
+    usable = False
     if path is not None and path.exists():
         try:
             held = pl.read_parquet(path)
             if held.height and held.get_column("stamp")[0] == stamp:
-                cached = held.select(list(schema)).cast(schema)
+                cached, usable = held.select(list(schema)).cast(schema), True
         except (OSError, pl.exceptions.PolarsError):
             pass  # a broken cache is only a slower report
-    known = keys.join(cached, on=list(_DESCRIBED_BY), how="left", nulls_equal=True)
-    hits = known.filter(pl.col("description").is_not_null())
-    misses = known.filter(pl.col("description").is_null())
+    held_as = {c: f"_cached_{c}" for c in _DESCRIBED_BY}
+    cached = (cached.rename(held_as).with_columns(_key=_description_key(cached))
+              .unique("_key", keep="first", maintain_order=False))
+    joined = frame.with_columns(_key=_description_key(frame)).join(cached, on="_key", how="left")
+    same = pl.all_horizontal(pl.col(c).eq_missing(pl.col(h)) for c, h in held_as.items())
+    joined = joined.with_columns(pl.when(same).then(pl.col("description")).alias("description")) \
+        .drop("_key", *held_as.values())
+    hit = pl.col("description").is_not_null()
+    misses = joined.filter(~hit).select(_DESCRIBED_BY).unique()
+    if not misses.height:
+        return joined
     described = misses.with_columns(pl.Series(
-        "description", [describe(t, d, u, week0) for t, d, u, _ in misses.iter_rows()], dtype=pl.String))
-    table = pl.concat([hits, described])
-    if path is not None and misses.height:
+        "description", [describe(t, d, u, week0) for t, d, u in misses.iter_rows()], dtype=pl.String))
+    out = pl.concat([joined.filter(hit),
+                     joined.filter(~hit).drop("description").join(described, on=list(_DESCRIBED_BY), how="left",
+                                                                   nulls_equal=True)])
+    if path is not None and (not usable or misses.height >= _CACHE_REWRITE_MIN_MISSES):
+        table = out.select(*_DESCRIBED_BY, "description").unique(list(_DESCRIBED_BY))
         write_parquet_atomic(table.with_columns(pl.lit(stamp).alias("stamp")), path, compression="zstd", fsync=False)
-    return table
+    return out
 
 
 def _drift_by_location(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:

@@ -13,6 +13,7 @@ from datetime import timedelta
 from html.parser import HTMLParser
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 from reconciliation.reports import describe, planner_file_names, write_reports
@@ -204,9 +205,21 @@ def test_descriptions_are_cached_between_reports_and_give_the_same_files(world, 
     # one exception with new details: only it is described again
     world.con.execute("""UPDATE marts.exceptions SET details = '{"excess_qty": 121, "projected_end": 400}'
                          WHERE exception_type = 'EXCESS_SUPPLY'""")
+    held = cache.read_bytes()
     write_reports(world.con, root, AS_OF, previous_as_of=PREVIOUS)
     assert calls == ["EXCESS_SUPPLY"]
     assert "121 EA more than needed" in Path(root / "2026-11-24" / "P02.csv").read_text(encoding="utf-8-sig")
+    # a few new sentences do not rewrite the cache: the next report describes them again
+    assert cache.read_bytes() == held
+    write_reports(world.con, root, AS_OF, previous_as_of=PREVIOUS)
+    assert calls == ["EXCESS_SUPPLY", "EXCESS_SUPPLY"]
+    # many do: the cache then holds them
+    monkeypatch.setattr(reports, "_CACHE_REWRITE_MIN_MISSES", 1)
+    write_reports(world.con, root, AS_OF, previous_as_of=PREVIOUS)
+    assert cache.read_bytes() != held
+    calls.clear()
+    write_reports(world.con, root, AS_OF, previous_as_of=PREVIOUS)
+    assert calls == []
     # another week: week phrases change, so nothing cached is used
     calls.clear()
     write_reports(world.con, root, AS_OF + timedelta(days=7), previous_as_of=AS_OF)
@@ -217,6 +230,20 @@ def test_descriptions_are_cached_between_reports_and_give_the_same_files(world, 
     calls.clear()
     write_reports(world.con, root, AS_OF, previous_as_of=PREVIOUS)
     assert calls and _report_files(root / "2026-11-24")["P01.csv"] == first["P01.csv"]
+
+
+def test_a_cached_description_is_used_only_for_exactly_its_details(world, tmp_path, monkeypatch):
+    """The cache is matched on a hash of (type, details, unit) and confirmed on the values:
+    even when every key hashes alike, each exception gets its own sentence."""
+    from reconciliation import reports
+
+    add_report_data(world)
+    first, again = tmp_path / "first", tmp_path / "again"
+    write_reports(world.con, first, AS_OF, previous_as_of=PREVIOUS)
+    write_reports(world.con, again, AS_OF, previous_as_of=PREVIOUS)  # fills again/.cache
+    monkeypatch.setattr(reports, "_description_key", lambda frame: pl.Series([0] * frame.height, dtype=pl.UInt64))
+    write_reports(world.con, again, AS_OF, previous_as_of=PREVIOUS)
+    assert _report_files(again / "2026-11-24") == _report_files(first / "2026-11-24")
 
 
 def test_a_planner_csv_whose_rows_did_not_change_is_left_alone(world, tmp_path):
