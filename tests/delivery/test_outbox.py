@@ -419,3 +419,36 @@ def test_mirror_rewrites_a_lost_batch_file(make_outbox, tmp_path):
     assert ob.mirror_to_duckdb(con, tmp_path / "lake") == 1
     assert con.execute("SELECT count(*) FROM sync.record").fetchone() == (4,)
     assert con.execute("SELECT count(*) FROM sync.batch").fetchone() == (1,)
+
+
+def test_a_commit_reaches_the_database_file_through_the_background_checkpoint(tmp_path):
+    """The outbox turns SQLite's automatic checkpoint off and checkpoints after each commit
+    on a background thread: once that is done, the database file alone (without its WAL)
+    holds the records."""
+    import shutil
+    import sqlite3
+
+    db = tmp_path / "outbox.sqlite"
+    ob = Outbox(f"sqlite:///{db}", tmp_path / "outbox")
+    ob.emit(PLANNING_INVENTORY_SYNC, synthetic(300), AS_OF)
+    with ob.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar_one() == 0
+    ob.wait_for_checkpoint()
+    shutil.copy(db, tmp_path / "alone.sqlite")  # the main file as it is, no -wal beside it
+    copy = sqlite3.connect(tmp_path / "alone.sqlite")
+    try:
+        assert copy.execute("SELECT count(*) FROM sync_record").fetchone() == (300,)
+        assert copy.execute("SELECT count(*) FROM sync_latest").fetchone() == (300,)
+    finally:
+        copy.close()
+    ob.close()
+
+
+def test_a_checkpoint_that_fails_is_logged_not_raised(tmp_path, caplog):
+    from reconciliation.outbox import _Checkpointer
+
+    broken = _Checkpointer(str(tmp_path / "no such folder" / "outbox.sqlite"))
+    with caplog.at_level("WARNING", logger="reconciliation.outbox"):
+        broken.request()
+        broken.wait()
+    assert "outbox checkpoint of" in caplog.text
