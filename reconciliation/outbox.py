@@ -670,6 +670,10 @@ class _Checkpointer:
             thread.join()
 
     def _run(self) -> None:
+        # lowest CPU priority for this thread (Linux schedules threads as tasks): the run's
+        # next steps come first, the checkpoint takes what they leave of the cores
+        with contextlib.suppress(AttributeError, OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
         while True:
             with self._lock:
                 if not self._pending:
