@@ -32,7 +32,7 @@ The outbox checkpoints its own WAL: its connections run with ``wal_autocheckpoin
 and every commit is followed by a PASSIVE checkpoint (one that neither waits for nor
 blocks readers and writers) on a background thread, one thread per file at a time
 (:class:`_Checkpointer`). Copying the WAL of a million-record emission into the database
-file takes ~3.5 s; with SQLite's automatic checkpoint that happened inside the commit,
+file takes ~3.8 s; with SQLite's automatic checkpoint that happened inside the commit,
 now it overlaps with the run's next steps. The thread is not a daemon: the process waits
 for it before it exits, and a checkpoint that fails only leaves the WAL for the next one
 (readers see committed rows either way).
