@@ -182,7 +182,9 @@ def add_transaction_file(landing: Path, rows: int, seed: int = 5) -> dict:
     pq.write_table(table, tmp, compression="zstd")
     os.replace(tmp, folder / name)
     rel = f"wms/transaction/{name}"
-    (landing / BENCH_MARKER).write_text(json.dumps({"added": [rel]}))
+    marker = landing / BENCH_MARKER
+    added = json.loads(marker.read_text()).get("added", []) if marker.exists() else []
+    marker.write_text(json.dumps({"added": [*added, rel]}))
     return {"file": rel, "rows": rows, "ts": new_ts.isoformat(), "previous_newest": newest.name}
 
 
@@ -402,6 +404,11 @@ def ratio_rows(rep: dict) -> list[dict]:
     if full_i and incr_i:
         add("incremental / full, steps only (info)",
             div(incr_i["steps"]["process"]["steps_wall_s"], full_i["steps"]["process"]["steps_wall_s"]))
+    hourly = rep["runs"].get("hourly_job")
+    if hourly:
+        hw = hourly["wall_s"] if hourly["returncode"] == 0 else None
+        add("hourly inventory_sync job on a second new WMS file, s (info)", hw)
+        add("hourly job / full (info)", div(hw, fw))
     return rows
 
 
@@ -497,6 +504,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-plain", action="store_true",
                    help="skip the plain distsync runs (ratios then use the instrumented ones)")
     p.add_argument("--skip-window-floor", action="store_true")
+    p.add_argument("--skip-hourly", action="store_true",
+                   help="skip the hourly inventory_sync job on a second new WMS file (information only)")
     p.add_argument("--out-dir", default=str(OUT), help="where report-<scale>.json/.md go")
     args = p.parse_args(argv)
 
@@ -580,6 +589,16 @@ def main(argv: list[str] | None = None) -> int:
         r = runner.script("partitioned", [py, str(HERE / "partitioned.py"), "--data-dir", str(data_dir),
                                           "--as-of", rep["incremental_as_of"], "--json"])
         rep["partitioned"] = r.get("result") or {"error": common.tail(r["stderr"])}
+    # the hourly job the schedule runs (information): a second new WMS file, one hour later
+    if not args.skip_hourly:
+        added2 = add_transaction_file(data_dir / "landing", args.txn_rows, seed=6)
+        rep["hourly_added"] = added2
+        hourly_as_of = max(datetime.fromisoformat(rep["incremental_as_of"].replace("Z", "+00:00")),
+                           datetime.fromisoformat(added2["ts"]))
+        rep["hourly_as_of"] = hourly_as_of.isoformat().replace("+00:00", "Z")
+        rep["runs"]["hourly_job"] = runner.script(
+            "hourly_job", [py, str(HERE / "hourly.py"), "--landing", lroot, "--data-dir", str(data_dir),
+                           "--as-of", rep["hourly_as_of"]])
     remove_added_files(data_dir / "landing")
     if args.profile:
         clean_outputs(data_dir)

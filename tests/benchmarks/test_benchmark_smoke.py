@@ -77,4 +77,14 @@ def test_benchmark_harness_small(tmp_path: Path) -> None:
             assert figures[name]["target"], name
     # the run floor's own share of the pipeline, for information
     assert figures["ingest to marts / run floor (info)"]["value"] > 0
+    # the hourly job the schedule runs, on a second appended file, for information
+    hourly = report["runs"]["hourly_job"]
+    assert hourly["returncode"] == 0 and hourly["result"]["success"], hourly.get("stderr")
+    assert report["hourly_as_of"] > report["incremental_as_of"]
+    assert figures["hourly job / full (info)"]["value"] > 0
+    # the landing folder is the generator's again: both appended files are gone
+    landing = tmp_path / "small" / "landing"
+    for added in (report["added"], report["hourly_added"]):
+        assert not (landing / added["file"]).exists(), added
+    assert not (landing / ".distsync-bench.json").exists()
     assert elapsed < 170
