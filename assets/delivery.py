@@ -18,6 +18,12 @@ from reconciliation.outbox import Outbox
 from reconciliation.payloads import build_erp_replenishment_proposal, build_planning_inventory_sync
 from reconciliation.reports import write_reports
 
+# Deliveries yield to ready marts: when the in-process executor can start either, it
+# starts the mart (a higher dagster/priority goes first). The outbox's SQLite checkpoint
+# of a bulk emission then runs in the background during the other deliveries, not during
+# the drift or exceptions step, and the marts analysts query are there sooner.
+DELIVERY_TAGS = {"dagster/priority": "-1"}
+
 SYNC = dg.AssetKey(["delivery", "planning_inventory_sync"])
 PROPOSALS = dg.AssetKey(["delivery", "erp_replenishment_proposal"])
 REPORTS = dg.AssetKey(["delivery", "exception_reports"])
@@ -68,7 +74,7 @@ def _payload_checks(key: dg.AssetKey) -> list[dg.AssetCheckSpec]:
             dg.AssetCheckSpec("payload_contract", asset=key, description="Records match contracts/outgoing.py")]
 
 
-@dg.asset(key=SYNC, group_name="delivery", pool="duckdb", kinds={"sqlite", "json"},
+@dg.asset(key=SYNC, group_name="delivery", pool="duckdb", kinds={"sqlite", "json"}, op_tags=DELIVERY_TAGS,
           deps=[DRIFT, FEED_STATUS], check_specs=_payload_checks(SYNC),
           description="ERP stock per item-location, in planning codes, for the planning system: only records "
                       "that changed since last emitted (full refresh with --full-sync).")
@@ -78,14 +84,14 @@ def planning_inventory_sync(context: dg.AssetExecutionContext, distsync: Distsyn
                      con, as_of, settings, outbox, full_sync=distsync.full_sync), full_sync=distsync.full_sync)
 
 
-@dg.asset(key=PROPOSALS, group_name="delivery", pool="duckdb", kinds={"sqlite", "json"},
+@dg.asset(key=PROPOSALS, group_name="delivery", pool="duckdb", kinds={"sqlite", "json"}, op_tags=DELIVERY_TAGS,
           deps=[ALIGNMENT, FEED_STATUS], check_specs=_payload_checks(PROPOSALS),
           description="Netting proposals for the ERP (one record per proposal), each sent once.")
 def erp_replenishment_proposal(context: dg.AssetExecutionContext, distsync: DistsyncResource) -> dg.MaterializeResult:
     return _emit(context, distsync, "erp_replenishment_proposal", PROPOSALS, build_erp_replenishment_proposal)
 
 
-@dg.asset(key=REPORTS, group_name="delivery", pool="duckdb", kinds={"html", "csv"},
+@dg.asset(key=REPORTS, group_name="delivery", pool="duckdb", kinds={"html", "csv"}, op_tags=DELIVERY_TAGS,
           deps=[EXCEPTIONS, KPIS, DRIFT, ALIGNMENT, SYNC, PROPOSALS],
           description="Per-planner exception reports (HTML + CSV) and an index under reports/<run_date>/.")
 def exception_reports(context: dg.AssetExecutionContext, distsync: DistsyncResource) -> dg.MaterializeResult:

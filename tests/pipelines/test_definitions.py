@@ -43,6 +43,10 @@ def test_materialize_over_mini(tmp_path, mini_landing):
     assert checks[("ingest/erp_item_master", "raw_contract")] is True
     # the mini drift is worth ~151k at standard cost: over the 100k warning threshold
     assert checks[("marts/inventory_drift", "drift_value_below_threshold")] is False
+    # deliveries yield to ready marts: every mart step starts before the first delivery
+    started = [e.step_key for e in result.all_events if e.event_type_value == "STEP_START"]
+    first_delivery = min(i for i, k in enumerate(started) if k.startswith("delivery__"))
+    assert all(i < first_delivery for i, k in enumerate(started) if k.startswith("marts__")), started
     assert checks[("marts/inventory_drift", "mart_contract")] is True
     assert checks[("marts/forecast_order_alignment", "mart_contract")] is True
     assert checks[("delivery/planning_inventory_sync", "sendable")] is True
