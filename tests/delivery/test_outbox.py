@@ -452,3 +452,55 @@ def test_a_checkpoint_that_fails_is_logged_not_raised(tmp_path, caplog):
         broken.request()
         broken.wait()
     assert "outbox checkpoint of" in caplog.text
+
+
+def test_commits_during_a_checkpoint_get_one_more_pass_never_a_second_thread(tmp_path, monkeypatch):
+    """A commit that lands while its file's checkpoint runs is served by one more pass of
+    the same thread: checkpoints of one file never overlap, and none is lost."""
+    import shutil
+    import sqlite3
+    import threading
+    import time
+
+    from reconciliation import outbox as outbox_mod
+
+    real_connect, running, most = sqlite3.connect, [0], [0]
+    lock = threading.Lock()
+
+    class SlowToFinish:
+        """A checkpoint connection that lingers after its checkpoint: long enough for the
+        next commit to land while the pass is still running."""
+
+        def __init__(self, con):
+            self.con = con
+
+        def execute(self, sql):
+            return self.con.execute(sql)
+
+        def close(self):
+            time.sleep(0.3)
+            self.con.close()
+            with lock:
+                running[0] -= 1
+
+    def slow_connect(*args, **kwargs):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        return SlowToFinish(real_connect(*args, **kwargs))
+
+    monkeypatch.setattr(outbox_mod.sqlite3, "connect", slow_connect)
+    db = tmp_path / "outbox.sqlite"
+    ob = Outbox(f"sqlite:///{db}", tmp_path / "outbox")
+    ob.emit(PLANNING_INVENTORY_SYNC, synthetic(50), AS_OF)
+    ob.emit(PLANNING_INVENTORY_SYNC, synthetic(50, qty=100.0), AS_OF + timedelta(hours=1))
+    ob.wait_for_checkpoint()
+    assert most[0] == 1
+    shutil.copy(db, tmp_path / "alone.sqlite")
+    copy = real_connect(tmp_path / "alone.sqlite")
+    try:
+        assert copy.execute("SELECT count(*) FROM sync_batch").fetchone() == (2,)
+        assert copy.execute("SELECT count(*) FROM sync_record").fetchone() == (100,)
+    finally:
+        copy.close()
+    ob.close()
