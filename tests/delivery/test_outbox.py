@@ -421,26 +421,32 @@ def test_mirror_rewrites_a_lost_batch_file(make_outbox, tmp_path):
     assert con.execute("SELECT count(*) FROM sync.batch").fetchone() == (1,)
 
 
+def rows_in_the_file_alone(db: Path, *tables: str) -> list[int]:
+    """Row counts of ``tables`` in a copy of the SQLite file without its ``-wal``: what
+    the checkpoints have written into the database file itself."""
+    import shutil
+    import sqlite3
+
+    alone = db.with_name("alone.sqlite")
+    shutil.copy(db, alone)
+    con = sqlite3.connect(alone)
+    try:
+        return [con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables]
+    finally:
+        con.close()
+
+
 def test_a_commit_reaches_the_database_file_through_the_background_checkpoint(tmp_path):
     """The outbox turns SQLite's automatic checkpoint off and checkpoints after each commit
     on a background thread: once that is done, the database file alone (without its WAL)
     holds the records."""
-    import shutil
-    import sqlite3
-
     db = tmp_path / "outbox.sqlite"
     ob = Outbox(f"sqlite:///{db}", tmp_path / "outbox")
     ob.emit(PLANNING_INVENTORY_SYNC, synthetic(300), AS_OF)
     with ob.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar_one() == 0
     ob.wait_for_checkpoint()
-    shutil.copy(db, tmp_path / "alone.sqlite")  # the main file as it is, no -wal beside it
-    copy = sqlite3.connect(tmp_path / "alone.sqlite")
-    try:
-        assert copy.execute("SELECT count(*) FROM sync_record").fetchone() == (300,)
-        assert copy.execute("SELECT count(*) FROM sync_latest").fetchone() == (300,)
-    finally:
-        copy.close()
+    assert rows_in_the_file_alone(db, "sync_record", "sync_latest") == [300, 300]
     ob.close()
 
 
@@ -457,7 +463,6 @@ def test_a_checkpoint_that_fails_is_logged_not_raised(tmp_path, caplog):
 def test_commits_during_a_checkpoint_get_one_more_pass_never_a_second_thread(tmp_path, monkeypatch):
     """A commit that lands while its file's checkpoint runs is served by one more pass of
     the same thread: checkpoints of one file never overlap, and none is lost."""
-    import shutil
     import sqlite3
     import threading
     import time
@@ -496,11 +501,6 @@ def test_commits_during_a_checkpoint_get_one_more_pass_never_a_second_thread(tmp
     ob.emit(PLANNING_INVENTORY_SYNC, synthetic(50, qty=100.0), AS_OF + timedelta(hours=1))
     ob.wait_for_checkpoint()
     assert most[0] == 1
-    shutil.copy(db, tmp_path / "alone.sqlite")
-    copy = real_connect(tmp_path / "alone.sqlite")
-    try:
-        assert copy.execute("SELECT count(*) FROM sync_batch").fetchone() == (2,)
-        assert copy.execute("SELECT count(*) FROM sync_record").fetchone() == (100,)
-    finally:
-        copy.close()
+    monkeypatch.undo()
+    assert rows_in_the_file_alone(db, "sync_batch", "sync_record") == [2, 100]
     ob.close()
