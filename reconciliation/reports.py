@@ -60,6 +60,7 @@ import jinja2
 import polars as pl
 import markupsafe
 
+from contracts.canonical import key_hash
 from contracts.files import write_atomic, write_parquet_atomic
 from contracts.warehouse import table_exists
 
@@ -426,9 +427,10 @@ _CACHE_REWRITE_MIN_MISSES = 1000
 
 
 def _description_key(frame: pl.DataFrame) -> pl.Series:
-    """A 64-bit hash of the described-by columns: the cache is matched on it, then
-    confirmed column by column (a hash collision is a miss, never a wrong sentence)."""
-    return frame.select(pl.struct(list(_DESCRIBED_BY)).hash()).to_series()
+    """A 64-bit hash of the described-by columns (the contracts' ``key_hash``): the cache
+    is matched on it, then confirmed column by column (a hash collision is a miss, never
+    a wrong sentence)."""
+    return frame.select(key_hash(list(_DESCRIBED_BY))).to_series()
 
 
 def _with_descriptions(frame: pl.DataFrame, week0: date, cache_dir: Path | None) -> pl.DataFrame:
@@ -598,7 +600,7 @@ class _WrittenCsv:
         return f"{path.parent.name}/{path.name}"  # <run_date>/<planner>.csv
 
     @staticmethod
-    def _digest(rows: pl.DataFrame) -> str:
+    def digest(rows: pl.DataFrame) -> str:
         # row hashes are stable for one polars version only: the version is part of the digest
         h = hashlib.sha256(f"{_CODE_STAMP}|{pl.__version__}|{rows.height}".encode())
         if rows.height:
@@ -606,7 +608,8 @@ class _WrittenCsv:
             h.update(memoryview(hashes.buffers()[1])[hashes.offset * 8:(hashes.offset + len(hashes)) * 8])
         return h.hexdigest()
 
-    def unchanged(self, path: Path, rows: pl.DataFrame) -> bool:
+    def unchanged(self, path: Path, digest: str) -> bool:
+        """Whether ``path`` is the file this code wrote for rows of this ``digest``."""
         held = self.files.get(self._key(path))
         if not held:
             return False
@@ -615,11 +618,11 @@ class _WrittenCsv:
         except OSError:
             return False
         return (held.get("size") == st.st_size and held.get("mtime_ns") == st.st_mtime_ns
-                and held.get("digest") == self._digest(rows))
+                and held.get("digest") == digest)
 
-    def record(self, path: Path, rows: pl.DataFrame) -> None:
+    def record(self, path: Path, digest: str) -> None:
         st = path.stat()
-        self.files[self._key(path)] = {"digest": self._digest(rows), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        self.files[self._key(path)] = {"digest": digest, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
         self.dirty = True
 
     def save(self) -> None:
@@ -712,9 +715,10 @@ def write_reports(
         )
         html_path, csv_path = run_dir / f"{stem}.html", run_dir / f"{stem}.csv"
         write_atomic(html_path, page.encode("utf-8"), fsync=False)
-        if not written.unchanged(csv_path, mine):
+        digest = written.digest(mine)
+        if not written.unchanged(csv_path, digest):
             _write_csv(csv_path, mine)
-            written.record(csv_path, mine)
+            written.record(csv_path, digest)
         summary.append({"planner": code, "href": f"{stem}.html", "csv": f"{stem}.csv", "counts": counts,
                         "new": mine_new.height, "resolved": mine_resolved.height, "alignment": align,
                         "mismatches": sum(r["drift_wms"] + r["drift_planning"] for r in mine_locs)})
