@@ -18,6 +18,7 @@ table is never half-loaded.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import time
@@ -261,15 +262,9 @@ def ingest_feed(con: duckdb.DuckDBPyConnection, feed: Feed, files: list[LandingF
                 as_of: datetime, lake_dir: str | os.PathLike) -> FeedIngest:
     """Ingest the given files of one feed, oldest name first."""
     result = FeedIngest(feed.name)
-    loaded: list[References] = []
-
-    def refs() -> References:
-        # once per feed, and only if a file has rows to map: an hourly run skips the
-        # unchanged files of most feeds and need not read ~250k master rows for each
-        if not loaded:
-            loaded.append(load_references(con))
-        return loaded[0]
-
+    # once per feed, and only if a file has rows to map: an hourly run skips the
+    # unchanged files of most feeds and need not read ~250k master rows for each
+    refs = functools.cache(lambda: load_references(con))
     for lf in sorted(files, key=lambda f: (f.extract_ts, f.rel_path)):
         outcome = ingest_file(con, lf, refs, settings, as_of, lake_dir)
         if outcome is None:
