@@ -188,6 +188,13 @@ def add_transaction_file(landing: Path, rows: int, seed: int = 5) -> dict:
     return {"file": rel, "rows": rows, "ts": new_ts.isoformat(), "previous_newest": newest.name}
 
 
+def run_as_of_with(as_of: str, added: dict) -> str:
+    """The ``as_of`` of a run that uses an appended file: the later of the previous run's
+    ``as_of`` and the file's ``<TS>`` (a file dated after a run's ``as_of`` is never current)."""
+    later = max(datetime.fromisoformat(as_of.replace("Z", "+00:00")), datetime.fromisoformat(added["ts"]))
+    return later.isoformat().replace("+00:00", "Z")
+
+
 def clean_outputs(data_dir: Path) -> None:
     """Remove every pipeline output of a benchmark data dir (everything but ``landing/``)."""
     if demo_marker(data_dir) is None or (data_dir / ".git").exists() or data_dir.resolve() == REPO:
@@ -546,8 +553,7 @@ def main(argv: list[str] | None = None) -> int:
     }
 
     def incremental_args(added: dict) -> list[str]:
-        inc = max(datetime.fromisoformat(as_of.replace("Z", "+00:00")), datetime.fromisoformat(added["ts"]))
-        rep["incremental_as_of"] = inc.isoformat().replace("+00:00", "Z")
+        rep["incremental_as_of"] = run_as_of_with(as_of, added)
         return ["run", "--landing", lroot, "--data-dir", str(data_dir), "--as-of", rep["incremental_as_of"]]
 
     # 1. plain distsync run: full, then incremental
@@ -593,9 +599,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_hourly:
         added2 = add_transaction_file(data_dir / "landing", args.txn_rows, seed=6)
         rep["hourly_added"] = added2
-        hourly_as_of = max(datetime.fromisoformat(rep["incremental_as_of"].replace("Z", "+00:00")),
-                           datetime.fromisoformat(added2["ts"]))
-        rep["hourly_as_of"] = hourly_as_of.isoformat().replace("+00:00", "Z")
+        rep["hourly_as_of"] = run_as_of_with(rep["incremental_as_of"], added2)
         rep["runs"]["hourly_job"] = runner.script(
             "hourly_job", [py, str(HERE / "hourly.py"), "--landing", lroot, "--data-dir", str(data_dir),
                            "--as-of", rep["hourly_as_of"]])
