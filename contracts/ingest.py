@@ -32,7 +32,7 @@ import polars as pl
 
 from contracts import landing as landing_mod
 from contracts.feeds import FEEDS, INGEST_ORDER, Feed, LandingFile
-from contracts.files import replaced_atomically
+from contracts.files import write_parquet_atomic
 from contracts.mapping import Prepared, References, prepare
 from contracts.readers import ROW_NUMBER, FileRejected, read_feed_file
 from contracts.settings import Settings
@@ -141,8 +141,7 @@ def _write_staging(lake_dir, feed: Feed, staged: pl.DataFrame, rel_path: str, sh
     if feed.name in ("purchase_order", "planned_order"):
         frame = frame.with_columns(pl.lit(extract_ts).cast(pl.Datetime("us", "UTC")).alias("extract_ts"))
     path = staging_path(lake_dir, feed, rel_path, sha)
-    with replaced_atomically(path) as tmp:
-        frame.write_parquet(tmp, compression="lz4", statistics=True)
+    write_parquet_atomic(frame, path, fsync=False)  # staging is rebuilt from the landing file
     return path
 
 

@@ -68,8 +68,11 @@ def _load_tolerances(con: duckdb.DuckDBPyConnection, settings: Settings) -> None
         )
 
 
-_DRIFT_SQL = """
-WITH
+# each system's newest snapshot time and the snapshot window (oldest to newest snapshot
+# time): the drift aligns with the movements in that window, and the build fingerprint
+# digests exactly those movements (_MOVEMENT_DIGEST_SQL), so both read them through
+# this CTE and this condition (t: canonical.inventory_txn, s: sys_time)
+_SYS_TIME_CTE = """
 sys_time AS (
     SELECT max(snapshot_at) FILTER (WHERE system = 'erp')      AS t_erp,
            max(snapshot_at) FILTER (WHERE system = 'wms')      AS t_wms,
@@ -77,7 +80,11 @@ sys_time AS (
            min(snapshot_at) AS t_min, max(snapshot_at) AS t_max
     FROM canonical.inventory_snapshot
     WHERE system IN ('erp', 'wms', 'planning')
-),
+)"""
+_IN_SNAPSHOT_WINDOW = "t.txn_at > s.t_min AND t.txn_at <= s.t_max"
+
+_DRIFT_SQL = f"""
+WITH {_SYS_TIME_CTE},
 per_key AS (
     SELECT item_id, location_id,
            sum(CASE WHEN system = 'erp' THEN qty END) AS erp_qty,
@@ -136,7 +143,7 @@ moves AS (
     -- DuckDB then builds its hash table on the movements, not on a million 20-column keys
     FROM (SELECT t.item_id, t.location_id, t.qty, t.txn_at
           FROM canonical.inventory_txn t, sys_time s
-          WHERE t.txn_at > s.t_min AND t.txn_at <= s.t_max) t
+          WHERE {_IN_SNAPSHOT_WINDOW}) t
     JOIN (SELECT item_id, location_id, erp_as_of, wms_as_of, planning_as_of FROM keyed) k
       USING (item_id, location_id)
     GROUP BY k.item_id, k.location_id
@@ -231,14 +238,11 @@ DRIFT_INPUTS = ["canonical.inventory_snapshot", "canonical.item", "canonical.ite
 
 # the WMS movements that can move a drift figure: those between the oldest and the newest
 # snapshot time (the conflict keys are rebuilt with canonical.inventory_snapshot)
-_MOVEMENT_DIGEST_SQL = """
-WITH w AS (
-    SELECT min(snapshot_at) AS lo, max(snapshot_at) AS hi
-    FROM canonical.inventory_snapshot WHERE system IN ('erp', 'wms', 'planning')
-)
+_MOVEMENT_DIGEST_SQL = f"""
+WITH {_SYS_TIME_CTE}
 SELECT count(*), coalesce(bit_xor(hash(t.txn_id, t.item_id, t.location_id, t.qty, t.txn_at)), 0)
-FROM canonical.inventory_txn t, w
-WHERE t.txn_at > w.lo AND t.txn_at <= w.hi
+FROM canonical.inventory_txn t, sys_time s
+WHERE {_IN_SNAPSHOT_WINDOW}
 """
 
 

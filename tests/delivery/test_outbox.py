@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+import sqlite3
+import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -13,7 +17,8 @@ import pytest
 import sqlalchemy as sa
 
 from contracts.settings import Settings
-from reconciliation.outbox import Outbox
+from reconciliation import outbox as outbox_mod
+from reconciliation.outbox import Outbox, _Checkpointer
 from reconciliation.payloads import PLANNING_INVENTORY_SYNC, build_planning_inventory_sync, version_records
 from tests.delivery.conftest import AS_OF
 
@@ -260,8 +265,6 @@ def test_new_sqlite_outbox_uses_without_rowid_tables_and_16k_pages(tmp_path):
 
 def test_an_existing_rowid_outbox_file_keeps_working(tmp_path):
     """An outbox.sqlite made by the earlier code (rowid tables, 4 KiB pages) is used as it is."""
-    import sqlite3
-
     path = tmp_path / "outbox.sqlite"
     con = sqlite3.connect(path)
     con.executescript("""
@@ -424,9 +427,6 @@ def test_mirror_rewrites_a_lost_batch_file(make_outbox, tmp_path):
 def rows_in_the_file_alone(db: Path, *tables: str) -> list[int]:
     """Row counts of ``tables`` in a copy of the SQLite file without its ``-wal``: what
     the checkpoints have written into the database file itself."""
-    import shutil
-    import sqlite3
-
     alone = db.with_name("alone.sqlite")
     shutil.copy(db, alone)
     con = sqlite3.connect(alone)
@@ -451,8 +451,6 @@ def test_a_commit_reaches_the_database_file_through_the_background_checkpoint(tm
 
 
 def test_a_checkpoint_that_fails_is_logged_not_raised(tmp_path, caplog):
-    from reconciliation.outbox import _Checkpointer
-
     broken = _Checkpointer(str(tmp_path / "no such folder" / "outbox.sqlite"))
     with caplog.at_level("WARNING", logger="reconciliation.outbox"):
         broken.request()
@@ -463,12 +461,6 @@ def test_a_checkpoint_that_fails_is_logged_not_raised(tmp_path, caplog):
 def test_commits_during_a_checkpoint_get_one_more_pass_never_a_second_thread(tmp_path, monkeypatch):
     """A commit that lands while its file's checkpoint runs is served by one more pass of
     the same thread: checkpoints of one file never overlap, and none is lost."""
-    import sqlite3
-    import threading
-    import time
-
-    from reconciliation import outbox as outbox_mod
-
     real_connect, running, most = sqlite3.connect, [0], [0]
     lock = threading.Lock()
 
