@@ -1160,7 +1160,6 @@ class _Gen:
         cols = list(FEED_COLUMNS[("wms", "stock_snapshot")])
         snap = full.with_columns(snapshot_at=pl.lit(t_w).dt.cast_time_unit("us")).select(cols)
         cur = w.parquet("stock_snapshot", t_w, snap)
-        wh0 = self.plants["warehouse_code"][0]
         nk = lambda df: {k: df[k][0] for k in ("warehouse_code", "sku", "lot", "bin", "status")}  # noqa: E731
         ilkey = lambda name: [sp[name]["item_id_s"], sp[name]["WERKS"]]  # noqa: E731
         self.problem("invalid_status", "status 'LOST' (allowed: AVAILABLE, HOLD, DAMAGED)", cur, nk(lost),
