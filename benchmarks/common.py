@@ -26,6 +26,13 @@ HZ = os.sysconf("SC_CLK_TCK")
 NCPU = os.cpu_count() or 1
 
 
+def put_code_on_path() -> None:
+    """Let a child script import the project: ``run.py`` points ``PYTHONPATH`` at the code
+    under test; without it (a script started by hand) this checkout's code is used."""
+    if not os.environ.get("PYTHONPATH") and str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+
+
 def loadavg() -> list[float]:
     return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
 

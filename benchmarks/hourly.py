@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
-from pathlib import Path
 
 T0 = time.perf_counter()
-if not os.environ.get("PYTHONPATH"):  # run.py points PYTHONPATH at the code under test
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import common  # noqa: E402  (benchmarks/common.py, beside this script)
+
+common.put_code_on_path()
 
 from pipelines.jobs import inventory_sync  # noqa: E402
 from pipelines.resources import DistsyncResource  # noqa: E402

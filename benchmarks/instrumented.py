@@ -37,9 +37,9 @@ from pathlib import Path
 
 T0 = time.perf_counter()
 WALL0 = datetime.now(timezone.utc)
-REPO = Path(__file__).resolve().parent.parent
-if not os.environ.get("PYTHONPATH"):  # run.py points PYTHONPATH at the code under test
-    sys.path.insert(0, str(REPO))
+import common  # noqa: E402  (benchmarks/common.py, beside this script)
+
+common.put_code_on_path()
 
 
 def _cpu() -> float:
