@@ -405,8 +405,8 @@ def test_a_sync_record_table_of_an_older_warehouse_moves_to_files(make_outbox, t
     for r in rows:
         con.execute("INSERT INTO sync.record VALUES (?, ?, ?, ?, ?, ?)", [*r[:5], AS_OF])
     before = sorted(con.execute("SELECT * FROM sync.record").fetchall())
-    batch = old.batches()
-    con.execute("INSERT INTO sync.batch BY NAME SELECT * FROM batch")
+    con.register("old_batches", old.batches())
+    con.execute("INSERT INTO sync.batch BY NAME SELECT * FROM old_batches")
     assert ob.mirror_to_duckdb(con, tmp_path / "lake") == 0
     assert con.execute("SELECT table_type FROM information_schema.tables WHERE table_name = 'record'").fetchone() == (
         "VIEW",)

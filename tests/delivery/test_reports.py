@@ -114,7 +114,7 @@ def test_script_in_an_extract_value_renders_as_text(report):
     for path in (out["planners"]["UNASSIGNED"]["html"], out["planners"]["P02"]["html"], out["index"]):
         assert "script" not in Page(Path(path).read_text()).tags, path  # no element was injected
     p02 = Path(out["planners"]["P02"]["html"]).read_text()
-    assert f"Bracket &lt;script&gt;alert(1)&lt;/script&gt;" in p02  # the item description, escaped
+    assert "Bracket &lt;script&gt;alert(1)&lt;/script&gt;" in p02  # the item description, escaped
     assert f"Bracket {SCRIPT}" in Page(p02).all_text  # and shown as the text it is
     unassigned = Page(Path(out["planners"]["UNASSIGNED"]["html"]).read_text()).all_text
     assert f"PLANNING product code {SCRIPT} is not in the cross-reference" in unassigned
