@@ -44,9 +44,13 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-if str(REPO) not in sys.path and not os.environ.get("PYTHONPATH"):
-    sys.path.insert(0, str(REPO))
+# Dagster's step processes import this file too, not as a script: put its folder on the
+# path explicitly for benchmarks/common.py
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+import common  # noqa: E402
+
+common.put_code_on_path()
 
 CONFIG_ENV = "DISTSYNC_BENCH_PARTITION_CONFIG"
 
@@ -364,9 +368,6 @@ def main(argv: list[str] | None = None) -> int:
         "dagster-multiprocess": ("dagster: one run, multiprocess executor (max_concurrent 2), per-group assets",
                                  [(worker_dagster_multiprocess, (str(cfg_path),))]),
     }
-    sys.path.insert(0, str(HERE))
-    import common
-
     load = common.loadavg()
     variants = []
     for key in wanted:
