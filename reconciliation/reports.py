@@ -465,14 +465,14 @@ def _with_descriptions(frame: pl.DataFrame, week0: date, cache_dir: Path | None)
     joined = joined.with_columns(pl.when(same).then(pl.col("description")).alias("description")) \
         .drop("_key", *held_as.values())
     hit = pl.col("description").is_not_null()
-    misses = joined.filter(~hit).select(_DESCRIBED_BY).unique()
-    if not misses.height:
+    missed = joined.filter(~hit).drop("description")
+    if not missed.height:
         return joined
+    misses = missed.select(_DESCRIBED_BY).unique()
     described = misses.with_columns(pl.Series(
         "description", [describe(t, d, u, week0) for t, d, u in misses.iter_rows()], dtype=pl.String))
     out = pl.concat([joined.filter(hit),
-                     joined.filter(~hit).drop("description").join(described, on=list(_DESCRIBED_BY), how="left",
-                                                                   nulls_equal=True)])
+                     missed.join(described, on=list(_DESCRIBED_BY), how="left", nulls_equal=True)])
     if path is not None and (not usable or misses.height >= _CACHE_REWRITE_MIN_MISSES):
         table = out.select(*_DESCRIBED_BY, "description").unique(list(_DESCRIBED_BY))
         write_parquet_atomic(table.with_columns(pl.lit(stamp).alias("stamp")), path, compression="zstd", fsync=False)
