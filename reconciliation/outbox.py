@@ -686,8 +686,11 @@ class _Checkpointer:
                     con.execute("PRAGMA wal_checkpoint(PASSIVE)")
                 finally:
                     con.close()
-            except sqlite3.Error as exc:  # the WAL stays; readers and the next checkpoint use it
-                _log.warning("outbox checkpoint of %s failed: %s", self.path, exc)
+            except Exception as exc:  # noqa: BLE001
+                # any failure, not only sqlite3's: the WAL stays (readers and the next
+                # checkpoint use it), and the loop goes on to clear _thread, so wait()
+                # returns and a later request() starts a new thread
+                _log.warning("outbox checkpoint of %s failed: %r", self.path, exc)
 
 
 _STATE_SCHEMA = {"business_key": pl.String, "content": pl.String, "content_version": pl.String, "batch_id": pl.String}

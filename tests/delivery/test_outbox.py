@@ -496,3 +496,31 @@ def test_commits_during_a_checkpoint_get_one_more_pass_never_a_second_thread(tmp
     monkeypatch.undo()
     assert rows_in_the_file_alone(db, "sync_batch", "sync_record") == [2, 100]
     ob.close()
+
+
+def test_a_checkpoint_that_fails_unexpectedly_leaves_the_checkpointer_usable(tmp_path, monkeypatch, caplog):
+    """Whatever a checkpoint raises, the thread ends cleanly: ``wait()`` returns and the
+    next commit's request starts a new checkpoint (a thread that died with the error
+    would leave ``wait()`` spinning and never start a later checkpoint)."""
+    db = tmp_path / "outbox.sqlite"
+    sqlite3.connect(db).close()
+    real_connect, calls = sqlite3.connect, []
+
+    def first_fails(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 1:
+            raise TypeError("not a database path")
+        return real_connect(*args, **kwargs)
+
+    monkeypatch.setattr(outbox_mod.sqlite3, "connect", first_fails)
+    checkpointer = _Checkpointer(str(db))
+    with caplog.at_level("WARNING", logger="reconciliation.outbox"):
+        checkpointer.request()
+        waiting = threading.Thread(target=checkpointer.wait, daemon=True)
+        waiting.start()
+        waiting.join(5)
+        assert not waiting.is_alive(), "wait() did not return after a failed checkpoint"
+    assert "outbox checkpoint of" in caplog.text
+    checkpointer.request()
+    checkpointer.wait()
+    assert len(calls) == 2  # the second request got its own checkpoint
