@@ -1,6 +1,7 @@
 """What splitting reconciliation by location group gains or costs on this machine.
 
     python benchmarks/partitioned.py --data-dir benchmarks/out/large [--as-of ISO] [--json]
+                                     [--max-wait S] [--quiet-cores C]
 
 Needs a data dir on which a full ``distsync run`` has built the lake
 (``<data-dir>/lake/canonical/<table>/*.parquet``) and the warehouse (for
@@ -44,11 +45,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-# Dagster's step processes import this file too, not as a script: put its folder on the
-# path explicitly for benchmarks/common.py
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
-import common  # noqa: E402
+import common  # noqa: E402  (benchmarks/common.py, beside this script)
 
 common.put_code_on_path()
 
@@ -337,6 +334,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--as-of", help="run clock (default: the last run_as_of of marts.inventory_drift)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON line at the end")
     p.add_argument("--variants", default="all,sequential,concurrent,dagster-partitions,dagster-multiprocess")
+    p.add_argument("--max-wait", type=float, default=120.0,
+                   help="before each variant, wait at most this many seconds for a quiet machine (as run.py)")
+    p.add_argument("--quiet-cores", type=float, default=0.75, help="quiet = others use fewer cores than this")
     args = p.parse_args(argv)
     import duckdb
 
@@ -372,7 +372,8 @@ def main(argv: list[str] | None = None) -> int:
     variants = []
     for key in wanted:
         label, targets = plan[key]
-        common.wait_for_quiet(lambda m: print(m, file=sys.stderr), max_wait=60)
+        common.wait_for_quiet(lambda m: print(m, file=sys.stderr), max_wait=args.max_wait,
+                              limit_cores=args.quiet_cores)
         print(f"[partitioned] {label} ...", file=sys.stderr, flush=True)
         v = run_variant(label, targets)
         print(f"  {v['wall_s']:.2f} s wall, {v['cpu_s']:.2f} s CPU, peak per process "

@@ -593,7 +593,8 @@ def main(argv: list[str] | None = None) -> int:
     # 3. optional: partitioned (on the lake of the runs above), profile (one more full run)
     if args.partitioned:
         r = runner.script("partitioned", [py, str(HERE / "partitioned.py"), "--data-dir", str(data_dir),
-                                          "--as-of", rep["incremental_as_of"], "--json"])
+                                          "--as-of", rep["incremental_as_of"], "--json",
+                                          "--max-wait", str(args.max_wait), "--quiet-cores", str(args.quiet_cores)])
         rep["partitioned"] = r.get("result") or {"error": common.tail(r["stderr"])}
     # the hourly job the schedule runs (information): a second new WMS file, one hour later
     if not args.skip_hourly:

@@ -1,9 +1,10 @@
 """Smoke test of the benchmark harness (benchmarks/run.py) at scale small.
 
 Runs the whole harness end to end — generation, plain and instrumented full and
-incremental runs, the DuckDB floors, the report — without datacompy and without waiting
-for a quiet machine, and checks that the report has every run, every asset of the graph
-with every figure, and every ratio row. It does not check the targets: timings at scale
+incremental runs, the DuckDB floors, the partitioned variants, the report — without
+datacompy and without waiting for a quiet machine, and checks that the report has every
+run, every asset of the graph with every figure, every ratio row and every partitioned
+variant. It does not check the targets: timings at scale
 small say nothing about them (the real figures are in benchmarks/README.md).
 """
 
@@ -32,8 +33,8 @@ def test_benchmark_harness_small(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--scale", "small", "--skip-datacompy",
          "--data-dir", str(tmp_path / "small"), "--out-dir", str(tmp_path), "--max-wait", "0",
-         "--skip-window-floor", "--txn-rows", "50"],
-        capture_output=True, text=True, timeout=170,
+         "--skip-window-floor", "--txn-rows", "50", "--partitioned"],
+        capture_output=True, text=True, timeout=230,
     )
     elapsed = time.monotonic() - started
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -82,9 +83,15 @@ def test_benchmark_harness_small(tmp_path: Path) -> None:
     assert hourly["returncode"] == 0 and hourly["result"]["success"], hourly.get("stderr")
     assert report["hourly_as_of"] > report["incremental_as_of"]
     assert figures["hourly job / full (info)"]["value"] > 0
+    # splitting by location group: every variant ran, the Dagster ones' step processes
+    # included (they import partitioned.py as a module), and the groups add up to the whole
+    partitioned = report["partitioned"]
+    assert [v["failed"] for v in partitioned["variants"]] == [[]] * 5, partitioned
+    assert partitioned["consistent"] is True
+    assert "## Partitioned by location group" in md
     # the landing folder is the generator's again: both appended files are gone
     landing = tmp_path / "small" / "landing"
     for added in (report["added"], report["hourly_added"]):
         assert not (landing / added["file"]).exists(), added
     assert not (landing / ".distsync-bench.json").exists()
-    assert elapsed < 170
+    assert elapsed < 230
