@@ -651,7 +651,10 @@ class _Checkpointer:
     def of(cls, path: str) -> "_Checkpointer":
         key = os.path.realpath(path)
         with cls._registry_lock:
-            return cls._by_path.setdefault(key, cls(key))
+            found = cls._by_path.get(key)
+            if found is None:
+                found = cls._by_path[key] = cls(key)
+            return found
 
     def request(self) -> None:
         with self._lock:

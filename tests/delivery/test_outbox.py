@@ -450,6 +450,21 @@ def test_a_commit_reaches_the_database_file_through_the_background_checkpoint(tm
     ob.close()
 
 
+def test_two_outboxes_on_one_file_share_its_checkpointer(tmp_path):
+    """Every outbox on one SQLite file, under any path that leads to it, requests its
+    checkpoints from the same checkpointer, so their checkpoints never overlap; another
+    file gets its own."""
+    db = tmp_path / "outbox.sqlite"
+    (tmp_path / "link").symlink_to(tmp_path)
+    first = Outbox(f"sqlite:///{db}", tmp_path / "outbox")
+    second = Outbox(f"sqlite:///{tmp_path / 'link' / 'outbox.sqlite'}", tmp_path / "outbox")
+    other = Outbox(f"sqlite:///{tmp_path / 'other.sqlite'}", tmp_path / "outbox")
+    assert first._checkpointer is second._checkpointer
+    assert other._checkpointer is not first._checkpointer
+    for ob in (first, second, other):
+        ob.close()
+
+
 def test_a_checkpoint_that_fails_is_logged_not_raised(tmp_path, caplog):
     broken = _Checkpointer(str(tmp_path / "no such folder" / "outbox.sqlite"))
     with caplog.at_level("WARNING", logger="reconciliation.outbox"):
