@@ -62,7 +62,21 @@ def others_busy_cores(seconds: float = 2.0) -> float:
     return max(0.0, (machine_busy_seconds() - b0 - own) / seconds)
 
 
-def wait_for_quiet(log, max_wait: float = 120.0, limit_cores: float = 0.75, limit_load: float = 1.5) -> dict:
+MAX_WAIT_S = 120.0  # --max-wait
+QUIET_CORES = 0.75  # --quiet-cores
+
+
+def add_quiet_options(parser) -> None:
+    """``--max-wait`` and ``--quiet-cores``, the options of :func:`wait_for_quiet`, for
+    ``run.py`` and the scripts it starts (which get them passed on)."""
+    parser.add_argument("--max-wait", type=float, default=MAX_WAIT_S,
+                        help="before each measured run, wait at most this many seconds for a quiet machine")
+    parser.add_argument("--quiet-cores", type=float, default=QUIET_CORES,
+                        help="'quiet' = others use fewer cores than this")
+
+
+def wait_for_quiet(log, max_wait: float = MAX_WAIT_S, limit_cores: float = QUIET_CORES,
+                   limit_load: float = 1.5) -> dict:
     """Wait (at most ``max_wait`` s) until others use less than ``limit_cores`` cores.
 
     The 1-minute load average is reported but not waited on alone: right after one of our

@@ -334,9 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--as-of", help="run clock (default: the last run_as_of of marts.inventory_drift)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON line at the end")
     p.add_argument("--variants", default="all,sequential,concurrent,dagster-partitions,dagster-multiprocess")
-    p.add_argument("--max-wait", type=float, default=120.0,
-                   help="before each variant, wait at most this many seconds for a quiet machine (as run.py)")
-    p.add_argument("--quiet-cores", type=float, default=0.75, help="quiet = others use fewer cores than this")
+    common.add_quiet_options(p)
     args = p.parse_args(argv)
     import duckdb
 

@@ -506,8 +506,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--code", default="worktree",
                    help="'worktree' (default) or a git revision to measure (exported with git archive)")
     p.add_argument("--txn-rows", type=int, default=400, help="movements in the appended transaction file")
-    p.add_argument("--max-wait", type=float, default=120.0, help="seconds to wait for a quiet machine per run")
-    p.add_argument("--quiet-cores", type=float, default=0.75, help="'quiet' = others use fewer cores than this")
+    common.add_quiet_options(p)
     p.add_argument("--skip-plain", action="store_true",
                    help="skip the plain distsync runs (ratios then use the instrumented ones)")
     p.add_argument("--skip-window-floor", action="store_true")
