@@ -1,0 +1,61 @@
+"""benchmarks/README.md's "Where the targets stand" summarises its "Every measured run"
+table by hand after each measurement: the run count, how often drift met its target and
+the ranges of the ratios and of peak memory. This test recomputes those figures from the
+table, so a row added without updating the summary (or a ratio that does not match its
+seconds) fails here instead of going unnoticed."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+README = Path(__file__).resolve().parents[2] / "benchmarks" / "README.md"
+
+
+def _section(text: str, heading: str) -> str:
+    return text.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def _rows(section: str) -> list[list[str]]:
+    """The cells of every table row in ``section`` (header and separator rows included)."""
+    return [[c.strip() for c in line.strip().strip("|").split("|")]
+            for line in section.splitlines() if line.startswith("| ")]
+
+
+def _num(cell: str) -> float:
+    return float(re.match(r"[\d.]+", cell).group())
+
+
+def _summary_cells(summary: str, target: str) -> str:
+    """The "measured, all runs" and "met" cells of the summary row of ``target``."""
+    row = next(r for r in _rows(summary) if r[0].startswith(target))
+    return " | ".join(row[1:3])
+
+
+def _met(values: list[float], ok) -> str:
+    n = sum(map(ok, values))
+    return "always" if n == len(values) else "never" if n == 0 else f"in {n} of {len(values)} runs"
+
+
+def test_the_targets_summary_is_what_the_per_run_table_gives() -> None:
+    text = README.read_text(encoding="utf-8")
+    runs = [r for r in _rows(_section(text, "Every measured run")) if r[0].startswith("`")]
+    commits = [r[0] for r in runs]
+    since = runs[commits.index("`716618d`"):]
+    since_0115d47 = runs[commits.index("`0115d47`"):]
+    for r in since:  # full / floor matches its seconds, up to the rounding of the seconds
+        assert abs(_num(r[2]) / _num(r[3]) - _num(r[4])) < 0.05, r
+
+    full, drift = [_num(r[4]) for r in since], [_num(r[5]) for r in since]
+    incremental, peak = [_num(r[7]) for r in since], [_num(r[8]) for r in since]
+    summary = _section(text, "Where the targets stand")
+    assert f"({len(since)} runs of the command," in summary
+    assert _summary_cells(summary, "peak RSS") == f"{min(peak):.2f}–{max(peak):.2f} GiB | {_met(peak, lambda v: v <= 6)}"
+    assert _summary_cells(summary, "drift step") == (f"{min(drift):.2f}–{max(drift):.2f}× | "
+                                                     f"{_met(drift, lambda v: v <= 1.3)}")
+    recent = [_num(r[4]) for r in since_0115d47]
+    assert _summary_cells(summary, "full run") == (f"{min(full):.1f}–{max(full):.1f}× "
+                                                   f"({min(recent):.1f}–{max(recent):.1f}× since `0115d47`) | "
+                                                   f"{_met(full, lambda v: v <= 2)}")
+    assert _summary_cells(summary, "incremental") == (f"{min(incremental):.1f}–{max(incremental):.1f} % | "
+                                                      f"{_met(incremental, lambda v: v <= 5)}")
