@@ -78,6 +78,11 @@ def test_benchmark_harness_small(tmp_path: Path) -> None:
             assert figures[name]["target"], name
     # the run floor's own share of the pipeline, for information
     assert figures["ingest to marts / run floor (info)"]["value"] > 0
+    # the incremental without the two steps that follow the run clock (both took time), for information
+    process = {run: report["runs"][run]["steps"]["process"]["wall_s"]
+               for run in ("full_instrumented", "incremental_instrumented")}
+    without = figures["incremental without the exceptions and reports steps / full, instrumented (info)"]["value"]
+    assert 0 < without < process["incremental_instrumented"] / process["full_instrumented"]
     # the hourly job the schedule runs, on a second appended file, for information
     hourly = report["runs"]["hourly_job"]
     assert hourly["returncode"] == 0 and hourly["result"]["success"], hourly.get("stderr")
