@@ -26,7 +26,7 @@ per row); an existing file keeps its layout and works as before. The bulk transa
 runs with a 256 MiB page cache. Measured at one million records on this 2-core machine
 (shared, so CPU seconds): the SQLite inserts and checkpoint cost ~17 s CPU against ~23 s
 with rowid tables, 4 KiB pages and the default cache; they remain the largest part of a
-first emission (figures in ``benchmarks/README.md``).
+first emission (figures in ``benchmarks/RESULTS.md``).
 
 The outbox checkpoints its own WAL: its connections run with ``wal_autocheckpoint=0``
 and every commit is followed by a PASSIVE checkpoint (one that neither waits for nor

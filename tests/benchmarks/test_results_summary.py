@@ -2,7 +2,8 @@
 table by hand after each measurement: the run count, how often drift met its target and
 the ranges of the ratios and of peak memory. This test recomputes those figures from the
 table, so a row added without updating the summary (or a ratio that does not match its
-seconds) fails here instead of going unnoticed."""
+seconds) fails here instead of going unnoticed. Each row names the results section with its
+run's figures: the latest at the end of README.md, the earlier ones in RESULTS.md."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import re
 from pathlib import Path
 
 README = Path(__file__).resolve().parents[2] / "benchmarks" / "README.md"
+RESULTS = README.with_name("RESULTS.md")
 
 
 def _section(text: str, heading: str) -> str:
@@ -59,3 +61,16 @@ def test_the_targets_summary_is_what_the_per_run_table_gives() -> None:
                                                    f"{_met(full, lambda v: v <= 2)}")
     assert _summary_cells(summary, "incremental") == (f"{min(incremental):.1f}–{max(incremental):.1f} % | "
                                                       f"{_met(incremental, lambda v: v <= 5)}")
+
+
+def test_every_run_names_a_results_section_that_exists() -> None:
+    """A row's "results" cell (`<commit>`, optionally followed by a note) names the section
+    "Results — … at `<commit>`" of RESULTS.md, or the "Latest results" one of README.md."""
+    text = README.read_text(encoding="utf-8")
+    headings = re.findall(r"^## (?:Latest results|Results) — .*? at (`[0-9a-f]{7}`)", text, re.M)
+    assert len(headings) == 1, "README.md holds exactly one results section, the latest"
+    history = re.findall(r"^## Results — .*? at (`[0-9a-f]{7}`)", RESULTS.read_text(encoding="utf-8"), re.M)
+    assert history and not set(headings) & set(history)
+    named = {r[1].split(",")[0] for r in _rows(_section(text, "Every measured run"))
+             if r[0].startswith("`") and r[1] != "—"}
+    assert named == set(headings) | set(history)
