@@ -1,9 +1,9 @@
-"""benchmarks/README.md's "Where the targets stand" summarises its "Every measured run"
-table by hand after each measurement: the run count, how often drift met its target and
-the ranges of the ratios and of peak memory. This test recomputes those figures from the
-table, so a row added without updating the summary (or a ratio that does not match its
-seconds) fails here instead of going unnoticed. Each row names the results section with its
-run's figures: the latest at the end of README.md, the earlier ones in RESULTS.md."""
+"""benchmarks/README.md's "Where the targets stand" summarises its "Every measured run" table
+by hand after each measurement: the run and session counts, how often drift met its target
+and the ranges of the ratios and of peak memory. This test recomputes those figures from
+the table, so a row added without updating the summary (or a ratio that does not match its
+seconds) fails here instead of going unnoticed. Each row names the results section with
+its run's figures: the latest at the end of README.md, the earlier ones in RESULTS.md."""
 
 from __future__ import annotations
 
@@ -24,6 +24,11 @@ def _rows(section: str) -> list[list[str]]:
             for line in section.splitlines() if line.startswith("| ")]
 
 
+def _runs(text: str) -> list[list[str]]:
+    """The rows of "Every measured run", oldest first (one per run of the command)."""
+    return [r for r in _rows(_section(text, "Every measured run")) if r[0].startswith("`")]
+
+
 def _num(cell: str) -> float:
     return float(re.match(r"[\d.]+", cell).group())
 
@@ -41,7 +46,7 @@ def _met(values: list[float], ok) -> str:
 
 def test_the_targets_summary_is_what_the_per_run_table_gives() -> None:
     text = README.read_text(encoding="utf-8")
-    runs = [r for r in _rows(_section(text, "Every measured run")) if r[0].startswith("`")]
+    runs = _runs(text)
     commits = [r[0] for r in runs]
     since = runs[commits.index("`716618d`"):]
     since_0115d47 = runs[commits.index("`0115d47`"):]
@@ -51,7 +56,8 @@ def test_the_targets_summary_is_what_the_per_run_table_gives() -> None:
     full, drift = [_num(r[4]) for r in since], [_num(r[5]) for r in since]
     incremental, peak = [_num(r[7]) for r in since], [_num(r[8]) for r in since]
     summary = _section(text, "Where the targets stand")
-    assert f"({len(since)} runs of the command," in summary
+    sessions = len({r[1].split(",")[0] for r in since})  # one results section per session
+    assert f"({len(since)} runs of the command in {sessions} sessions," in " ".join(summary.split())
     assert _summary_cells(summary, "peak RSS") == f"{min(peak):.2f}–{max(peak):.2f} GiB | {_met(peak, lambda v: v <= 6)}"
     assert _summary_cells(summary, "drift step") == (f"{min(drift):.2f}–{max(drift):.2f}× | "
                                                      f"{_met(drift, lambda v: v <= 1.3)}")
@@ -71,6 +77,5 @@ def test_every_run_names_a_results_section_that_exists() -> None:
     assert len(headings) == 1, "README.md holds exactly one results section, the latest"
     history = re.findall(r"^## Results — .*? at (`[0-9a-f]{7}`)", RESULTS.read_text(encoding="utf-8"), re.M)
     assert history and not set(headings) & set(history)
-    named = {r[1].split(",")[0] for r in _rows(_section(text, "Every measured run"))
-             if r[0].startswith("`") and r[1] != "—"}
+    named = {r[1].split(",")[0] for r in _runs(text) if r[1] != "—"}
     assert named == set(headings) | set(history)
