@@ -8,6 +8,7 @@ import shutil
 import sqlite3
 import threading
 import time
+from contextlib import ExitStack, closing
 from datetime import timedelta
 from pathlib import Path
 
@@ -206,11 +207,10 @@ def test_mirror_to_duckdb_is_incremental(make_outbox):
 
 
 def test_default_outbox_of_a_data_dir(tmp_path):
-    ob = Outbox.for_data_dir(tmp_path / "data")
-    res = ob.emit(PLANNING_INVENTORY_SYNC, synthetic(2), AS_OF)
-    assert (tmp_path / "data" / "outbox.sqlite").exists()
-    assert Path(res.file_path).parent == (tmp_path / "data" / "outbox" / PLANNING_INVENTORY_SYNC).resolve()
-    ob.close()
+    with closing(Outbox.for_data_dir(tmp_path / "data")) as ob:
+        res = ob.emit(PLANNING_INVENTORY_SYNC, synthetic(2), AS_OF)
+        assert (tmp_path / "data" / "outbox.sqlite").exists()
+        assert Path(res.file_path).parent == (tmp_path / "data" / "outbox" / PLANNING_INVENTORY_SYNC).resolve()
 
 
 @pytest.mark.s3
@@ -222,19 +222,18 @@ def test_s3_outbox_against_a_loopback_server(monkeypatch, tmp_path):
     with moto_s3(monkeypatch) as endpoint:
         fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint})
         fs.mkdir("outbox-bucket")
-        ob = Outbox(f"sqlite:///{tmp_path / 'outbox.sqlite'}", "s3://outbox-bucket/sync/prod")
-        recs = synthetic(30)
-        res = ob.emit(PLANNING_INVENTORY_SYNC, recs, AS_OF)
-        assert res.file_path == f"s3://outbox-bucket/sync/prod/{PLANNING_INVENTORY_SYNC}/{res.batch_id}.jsonl"
-        fs.invalidate_cache()
-        body = fs.cat_file(res.file_path)
-        manifest = json.loads(fs.cat_file(res.manifest_path))
-        assert manifest["body_sha256"] == hashlib.sha256(body).hexdigest() and manifest["record_count"] == 30
-        assert len(body.decode().splitlines()) == 30
-        assert not ob.emit(PLANNING_INVENTORY_SYNC, recs, AS_OF).created
-        assert sorted(p.rsplit("/", 1)[1] for p in fs.find("outbox-bucket/sync/prod")) == sorted(
-            [f"{res.batch_id}.jsonl", f"{res.batch_id}.manifest.json"])
-        ob.close()
+        with closing(Outbox(f"sqlite:///{tmp_path / 'outbox.sqlite'}", "s3://outbox-bucket/sync/prod")) as ob:
+            recs = synthetic(30)
+            res = ob.emit(PLANNING_INVENTORY_SYNC, recs, AS_OF)
+            assert res.file_path == f"s3://outbox-bucket/sync/prod/{PLANNING_INVENTORY_SYNC}/{res.batch_id}.jsonl"
+            fs.invalidate_cache()
+            body = fs.cat_file(res.file_path)
+            manifest = json.loads(fs.cat_file(res.manifest_path))
+            assert manifest["body_sha256"] == hashlib.sha256(body).hexdigest() and manifest["record_count"] == 30
+            assert len(body.decode().splitlines()) == 30
+            assert not ob.emit(PLANNING_INVENTORY_SYNC, recs, AS_OF).created
+            assert sorted(p.rsplit("/", 1)[1] for p in fs.find("outbox-bucket/sync/prod")) == sorted(
+                [f"{res.batch_id}.jsonl", f"{res.batch_id}.manifest.json"])
 
 
 def test_mirror_from_memory_equals_mirror_read_back_from_sql(make_outbox):
@@ -254,13 +253,12 @@ def test_mirror_from_memory_equals_mirror_read_back_from_sql(make_outbox):
 
 # --- storage: WITHOUT ROWID tables, the state cache, sync.record as Parquet files ----------
 def test_new_sqlite_outbox_uses_without_rowid_tables_and_16k_pages(tmp_path):
-    ob = Outbox(f"sqlite:///{tmp_path / 'outbox.sqlite'}", tmp_path / "outbox")
-    with ob.engine.connect() as conn:
-        ddl = dict(conn.exec_driver_sql("SELECT name, sql FROM sqlite_master WHERE type = 'table'").all())
-        page = conn.exec_driver_sql("PRAGMA page_size").scalar()
-    assert "WITHOUT ROWID" in ddl["sync_record"] and "WITHOUT ROWID" in ddl["sync_latest"]
-    assert page == 16384
-    ob.close()
+    with closing(Outbox(f"sqlite:///{tmp_path / 'outbox.sqlite'}", tmp_path / "outbox")) as ob:
+        with ob.engine.connect() as conn:
+            ddl = dict(conn.exec_driver_sql("SELECT name, sql FROM sqlite_master WHERE type = 'table'").all())
+            page = conn.exec_driver_sql("PRAGMA page_size").scalar()
+        assert "WITHOUT ROWID" in ddl["sync_record"] and "WITHOUT ROWID" in ddl["sync_latest"]
+        assert page == 16384
 
 
 def test_an_existing_rowid_outbox_file_keeps_working(tmp_path):
@@ -280,17 +278,16 @@ def test_an_existing_rowid_outbox_file_keeps_working(tmp_path):
             content TEXT NOT NULL, content_version VARCHAR(64) NOT NULL, batch_id VARCHAR(64) NOT NULL,
             PRIMARY KEY (payload_type, business_key));""")
     con.close()
-    ob = Outbox(f"sqlite:///{path}", tmp_path / "outbox")
-    recs = synthetic(30)
-    assert ob.emit(PLANNING_INVENTORY_SYNC, recs.head(10), AS_OF).record_count == 10
-    res = ob.emit(PLANNING_INVENTORY_SYNC, recs, AS_OF)
-    assert (res.record_count, res.already_emitted) == (20, 10)
-    assert sql_counts(ob) == (2, 30, 30)
-    with ob.engine.connect() as conn:
-        assert "WITHOUT ROWID" not in conn.exec_driver_sql(
-            "SELECT sql FROM sqlite_master WHERE name = 'sync_record'").scalar()
-        assert conn.exec_driver_sql("PRAGMA page_size").scalar() == 4096
-    ob.close()
+    with closing(Outbox(f"sqlite:///{path}", tmp_path / "outbox")) as ob:
+        recs = synthetic(30)
+        assert ob.emit(PLANNING_INVENTORY_SYNC, recs.head(10), AS_OF).record_count == 10
+        res = ob.emit(PLANNING_INVENTORY_SYNC, recs, AS_OF)
+        assert (res.record_count, res.already_emitted) == (20, 10)
+        assert sql_counts(ob) == (2, 30, 30)
+        with ob.engine.connect() as conn:
+            assert "WITHOUT ROWID" not in conn.exec_driver_sql(
+                "SELECT sql FROM sqlite_master WHERE name = 'sync_record'").scalar()
+            assert conn.exec_driver_sql("PRAGMA page_size").scalar() == 4096
 
 
 def test_last_emitted_state_cache_follows_the_outbox(make_outbox, tmp_path):
@@ -441,13 +438,12 @@ def test_a_commit_reaches_the_database_file_through_the_background_checkpoint(tm
     on a background thread: once that is done, the database file alone (without its WAL)
     holds the records."""
     db = tmp_path / "outbox.sqlite"
-    ob = Outbox(f"sqlite:///{db}", tmp_path / "outbox")
-    ob.emit(PLANNING_INVENTORY_SYNC, synthetic(300), AS_OF)
-    with ob.engine.connect() as conn:
-        assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar_one() == 0
-    ob.wait_for_checkpoint()
-    assert rows_in_the_file_alone(db, "sync_record", "sync_latest") == [300, 300]
-    ob.close()
+    with closing(Outbox(f"sqlite:///{db}", tmp_path / "outbox")) as ob:
+        ob.emit(PLANNING_INVENTORY_SYNC, synthetic(300), AS_OF)
+        with ob.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar_one() == 0
+        ob.wait_for_checkpoint()
+        assert rows_in_the_file_alone(db, "sync_record", "sync_latest") == [300, 300]
 
 
 def test_two_outboxes_on_one_file_share_its_checkpointer(tmp_path):
@@ -456,13 +452,12 @@ def test_two_outboxes_on_one_file_share_its_checkpointer(tmp_path):
     file gets its own."""
     db = tmp_path / "outbox.sqlite"
     (tmp_path / "link").symlink_to(tmp_path)
-    first = Outbox(f"sqlite:///{db}", tmp_path / "outbox")
-    second = Outbox(f"sqlite:///{tmp_path / 'link' / 'outbox.sqlite'}", tmp_path / "outbox")
-    other = Outbox(f"sqlite:///{tmp_path / 'other.sqlite'}", tmp_path / "outbox")
-    assert first._checkpointer is second._checkpointer
-    assert other._checkpointer is not first._checkpointer
-    for ob in (first, second, other):
-        ob.close()
+    with ExitStack() as outboxes:
+        first, second, other = (
+            outboxes.enter_context(closing(Outbox(f"sqlite:///{path}", tmp_path / "outbox")))
+            for path in (db, tmp_path / "link" / "outbox.sqlite", tmp_path / "other.sqlite"))
+        assert first._checkpointer is second._checkpointer
+        assert other._checkpointer is not first._checkpointer
 
 
 def test_a_checkpoint_that_fails_is_logged_not_raised(tmp_path, caplog):
@@ -503,14 +498,13 @@ def test_commits_during_a_checkpoint_get_one_more_pass_never_a_second_thread(tmp
 
     monkeypatch.setattr(outbox_mod.sqlite3, "connect", slow_connect)
     db = tmp_path / "outbox.sqlite"
-    ob = Outbox(f"sqlite:///{db}", tmp_path / "outbox")
-    ob.emit(PLANNING_INVENTORY_SYNC, synthetic(50), AS_OF)
-    ob.emit(PLANNING_INVENTORY_SYNC, synthetic(50, qty=100.0), AS_OF + timedelta(hours=1))
-    ob.wait_for_checkpoint()
-    assert most[0] == 1
-    monkeypatch.undo()
-    assert rows_in_the_file_alone(db, "sync_batch", "sync_record") == [2, 100]
-    ob.close()
+    with closing(Outbox(f"sqlite:///{db}", tmp_path / "outbox")) as ob:
+        ob.emit(PLANNING_INVENTORY_SYNC, synthetic(50), AS_OF)
+        ob.emit(PLANNING_INVENTORY_SYNC, synthetic(50, qty=100.0), AS_OF + timedelta(hours=1))
+        ob.wait_for_checkpoint()
+        assert most[0] == 1
+        monkeypatch.undo()
+        assert rows_in_the_file_alone(db, "sync_batch", "sync_record") == [2, 100]
 
 
 def test_a_checkpoint_that_fails_unexpectedly_leaves_the_checkpointer_usable(tmp_path, monkeypatch, caplog):
