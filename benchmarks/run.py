@@ -369,33 +369,35 @@ def ratio_rows(rep: dict) -> list[dict]:
     fw = full["wall_s"] if full else None
     rows = []
 
-    def add(name, value, target=None, op=None, how=""):
+    def add(name, value, target=None, op=None, how="", key=None):
         ok = None
         if value is not None and target is not None:
             ok = value <= target if op == "<=" else value >= target
         rows.append({"figure": name, "value": value, "target": f"{op} {target}" if target is not None else "",
-                     "ok": ok, "how": how})
+                     "ok": ok, "how": how, "key": key})
 
     def div(a, b):
         return round(a / b, 3) if a is not None and b else None
 
     add("drift step, s (marts/inventory_drift, instrumented full run)", drift)
     add("drift floor, s (DuckDB: ERP CSV + WMS Parquet -> item-location, full outer join, flags)", dfloor)
-    add("drift step / drift floor", div(drift, dfloor), TARGETS["drift_vs_floor"], "<=")
+    add("drift step / drift floor", div(drift, dfloor), TARGETS["drift_vs_floor"], "<=", key="drift_ratio")
     add("drift floor from the lake, s (3-way, time-aligned, canonical Parquet)", lfloor)
     add("drift step / lake drift floor (info)", div(drift, lfloor))
-    add("full run, s (distsync run, wall)", fw)
+    add("full run, s (distsync run, wall)", fw, key="full_s")
     add("full run CPU, s", full["cpu_s"] if full else None)
-    add("run floor, s (DuckDB script, every current file -> both marts, wide projection)", rfloor)
+    add("run floor, s (DuckDB script, every current file -> both marts, wide projection)", rfloor,
+        key="floor_s")
     add("run floor with a window-sum projection, s (info)", wfloor)
-    add("full run / run floor", div(fw, rfloor), TARGETS["full_vs_floor"], "<=")
+    add("full run / run floor", div(fw, rfloor), TARGETS["full_vs_floor"], "<=", key="full_ratio")
     if full_i:  # the part of the run that does what the run floor does: input files -> the two marts
         to_marts = round(sum(a["wall_s"] or 0 for a in full_i["steps"]["assets"]
                              if a["asset"].split("/")[0] in ("ingest", "canonical") or a["asset"] in MART_STEPS), 2)
         add("ingest to marts, s (ingest, canonical and the two marts' steps, instrumented full run)", to_marts)
         add("ingest to marts / run floor (info)", div(to_marts, rfloor))
     peak = full["peak_rss_mib"] / GIB if full else None
-    add("full run peak RSS, GiB", round(peak, 2) if peak is not None else None, TARGETS["peak_gib"], "<=")
+    add("full run peak RSS, GiB", round(peak, 2) if peak is not None else None, TARGETS["peak_gib"], "<=",
+        key="peak_gib")
     add("full run peak RSS (instrumented), GiB",
         round(full_i["peak_rss_mib"] / GIB, 2) if full_i else None)
     for backend, key in (("pandas", "dc_pandas"), ("polars", "dc_polars")):
@@ -407,8 +409,8 @@ def ratio_rows(rep: dict) -> list[dict]:
         add(f"datacompy-{backend} load+compare / drift step (info)",
             div((cmp_s or 0) + (load_s or 0) if cmp_s is not None else None, drift))
     iw = incr["wall_s"] if incr else None
-    add("incremental run, s (distsync run, wall)", iw)
-    add("incremental / full", div(iw, fw), TARGETS["incr_share"], "<=")
+    add("incremental run, s (distsync run, wall)", iw, key="incr_s")
+    add("incremental / full", div(iw, fw), TARGETS["incr_share"], "<=", key="incr_share")
     if full_i and incr_i:
         add("incremental / full, steps only (info)",
             div(incr_i["steps"]["process"]["steps_wall_s"], full_i["steps"]["process"]["steps_wall_s"]))
@@ -433,6 +435,25 @@ def ratio_table(rows: list[dict]) -> str:
         v = r["value"]
         out.append(f"| {r['figure']} | {_f(v, 3 if isinstance(v, float) and v < 10 else 1)} | {r['target']} | {ok} |")
     return "\n".join(out)
+
+
+def measured_run_row(rep: dict) -> str:
+    """This run as a row of benchmarks/README.md's "Every measured run", from the ratio
+    rows; the recorder adds the machine to the results cell and writes "what changed"."""
+    v = {r["key"]: r["value"] for r in rep["ratios"] if r.get("key")}
+
+    def secs(key):  # as the table writes them: 2 decimals under 10 s, else 1
+        x = v.get(key)
+        return "n/a" if x is None else f"{x:.2f} s" if x < 10 else f"{x:.1f} s"
+
+    def num(key, nd=2, unit="×", scale=1):
+        return "n/a" if v.get(key) is None else f"{v[key] * scale:.{nd}f}{unit}"
+
+    commit = f"`{rep['code']['commit'][:7]}`"
+    return (f"| {commit} | {commit} | {secs('full_s')} | {secs('floor_s')} | {num('full_ratio')} | "
+            f"{num('drift_ratio')} | {num('incr_s', 1, ' s')} | {num('incr_share', 1, ' %', 100)} | "
+            f"{num('peak_gib', 2, ' GiB')} | … ({rep['started'][11:16]}"
+            f"{', `--profile`' if rep.get('profile') else ''}) |")
 
 
 def runs_table(rep: dict) -> str:
@@ -484,6 +505,10 @@ def markdown(rep: dict) -> str:
         "## Targets",
         "",
         ratio_table(rep["ratios"]),
+        "",
+        "This run's row for benchmarks/README.md's \"Every measured run\":",
+        "",
+        measured_run_row(rep),
         "",
         "## Runs (each in its own process; wall, CPU = user+sys, peak RSS from the kernel)",
         "",
