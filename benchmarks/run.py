@@ -442,17 +442,14 @@ def measured_run_row(rep: dict) -> str:
     rows; the recorder adds the machine to the results cell and writes "what changed"."""
     v = {r["key"]: r["value"] for r in rep["ratios"] if r.get("key")}
 
-    def secs(key):  # as the table writes them: 2 decimals under 10 s, else 1
+    def cell(key, unit, nd=None, scale=1):  # seconds: 2 decimals under 10 s, else 1, as the table has them
         x = v.get(key)
-        return "n/a" if x is None else f"{x:.2f} s" if x < 10 else f"{x:.1f} s"
-
-    def num(key, nd=2, unit="×", scale=1):
-        return "n/a" if v.get(key) is None else f"{v[key] * scale:.{nd}f}{unit}"
+        return "n/a" if x is None else f"{_f(float(x) * scale, nd or (2 if x < 10 else 1))}{unit}"
 
     commit = f"`{rep['code']['commit'][:7]}`"
-    return (f"| {commit} | {commit} | {secs('full_s')} | {secs('floor_s')} | {num('full_ratio')} | "
-            f"{num('drift_ratio')} | {num('incr_s', 1, ' s')} | {num('incr_share', 1, ' %', 100)} | "
-            f"{num('peak_gib', 2, ' GiB')} | … ({rep['started'][11:16]}"
+    return (f"| {commit} | {commit} | {cell('full_s', ' s')} | {cell('floor_s', ' s')} | "
+            f"{cell('full_ratio', '×', 2)} | {cell('drift_ratio', '×', 2)} | {cell('incr_s', ' s', 1)} | "
+            f"{cell('incr_share', ' %', 1, 100)} | {cell('peak_gib', ' GiB', 2)} | … ({rep['started'][11:16]}"
             f"{', `--profile`' if rep.get('profile') else ''}) |")
 
 

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.benchmarks.test_results_summary import README, _num, _rows, _section
+from tests.benchmarks.readme_tables import README, num, rows, section
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -80,12 +80,15 @@ def test_benchmark_harness_small(tmp_path: Path) -> None:
             assert figures[name]["target"], name
     # this run's row for benchmarks/README.md's "Every measured run": the table's columns,
     # the figures of the ratio rows, in the form the summary test reads
-    header = _rows(_section(README.read_text(encoding="utf-8"), "Every measured run"))[0]
-    row = next(r for r in _rows(md) if r[0] == f"`{report['code']['commit'][:7]}`")
+    header = rows(section(README.read_text(encoding="utf-8"), "Every measured run"))[0]
+    row = next(r for r in rows(md) if r[0] == f"`{report['code']['commit'][:7]}`")
     assert len(row) == len(header), (row, header)
-    for cell, name, scale in ((4, "full run / run floor", 1), (5, "drift step / drift floor", 1),
+    for cell, name, scale in ((2, "full run, s (distsync run, wall)", 1),
+                              (3, "run floor, s (DuckDB script, every current file -> both marts, wide projection)", 1),
+                              (4, "full run / run floor", 1), (5, "drift step / drift floor", 1),
+                              (6, "incremental run, s (distsync run, wall)", 1),
                               (7, "incremental / full", 100), (8, "full run peak RSS, GiB", 1)):
-        assert abs(_num(row[cell]) - figures[name]["value"] * scale) < 0.051, (row, name)
+        assert abs(num(row[cell]) - figures[name]["value"] * scale) < 0.051, (row, name)
     # the run floor's own share of the pipeline, for information
     assert figures["ingest to marts / run floor (info)"]["value"] > 0
     # the incremental without the two steps that follow the run clock (both took time), for information

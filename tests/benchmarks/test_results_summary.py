@@ -8,34 +8,13 @@ its run's figures: the latest at the end of README.md, the earlier ones in RESUL
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
-README = Path(__file__).resolve().parents[2] / "benchmarks" / "README.md"
-RESULTS = README.with_name("RESULTS.md")
-
-
-def _section(text: str, heading: str) -> str:
-    return text.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
-
-
-def _rows(section: str) -> list[list[str]]:
-    """The cells of every table row in ``section`` (header and separator rows included)."""
-    return [[c.strip() for c in line.strip().strip("|").split("|")]
-            for line in section.splitlines() if line.startswith("| ")]
-
-
-def _runs(text: str) -> list[list[str]]:
-    """The rows of "Every measured run", oldest first (one per run of the command)."""
-    return [r for r in _rows(_section(text, "Every measured run")) if r[0].startswith("`")]
-
-
-def _num(cell: str) -> float:
-    return float(re.match(r"[\d.]+", cell).group())
+from tests.benchmarks.readme_tables import README, RESULTS, num, rows, runs, section
 
 
 def _summary_cells(summary: str, target: str) -> str:
     """The "measured, all runs" and "met" cells of the summary row of ``target``."""
-    row = next(r for r in _rows(summary) if r[0].startswith(target))
+    row = next(r for r in rows(summary) if r[0].startswith(target))
     return " | ".join(row[1:3])
 
 
@@ -46,22 +25,22 @@ def _met(values: list[float], ok) -> str:
 
 def test_the_targets_summary_is_what_the_per_run_table_gives() -> None:
     text = README.read_text(encoding="utf-8")
-    runs = _runs(text)
-    commits = [r[0] for r in runs]
-    since = runs[commits.index("`716618d`"):]
-    since_0115d47 = runs[commits.index("`0115d47`"):]
+    table = runs(text)
+    commits = [r[0] for r in table]
+    since = table[commits.index("`716618d`"):]
+    since_0115d47 = table[commits.index("`0115d47`"):]
     for r in since:  # full / floor matches its seconds, up to the rounding of the seconds
-        assert abs(_num(r[2]) / _num(r[3]) - _num(r[4])) < 0.05, r
+        assert abs(num(r[2]) / num(r[3]) - num(r[4])) < 0.05, r
 
-    full, drift = [_num(r[4]) for r in since], [_num(r[5]) for r in since]
-    incremental, peak = [_num(r[7]) for r in since], [_num(r[8]) for r in since]
-    summary = _section(text, "Where the targets stand")
+    full, drift = [num(r[4]) for r in since], [num(r[5]) for r in since]
+    incremental, peak = [num(r[7]) for r in since], [num(r[8]) for r in since]
+    summary = section(text, "Where the targets stand")
     sessions = len({r[1].split(",")[0] for r in since})  # one results section per session
     assert f"({len(since)} runs of the command in {sessions} sessions," in " ".join(summary.split())
     assert _summary_cells(summary, "peak RSS") == f"{min(peak):.2f}–{max(peak):.2f} GiB | {_met(peak, lambda v: v <= 6)}"
     assert _summary_cells(summary, "drift step") == (f"{min(drift):.2f}–{max(drift):.2f}× | "
                                                      f"{_met(drift, lambda v: v <= 1.3)}")
-    recent = [_num(r[4]) for r in since_0115d47]
+    recent = [num(r[4]) for r in since_0115d47]
     assert _summary_cells(summary, "full run") == (f"{min(full):.1f}–{max(full):.1f}× "
                                                    f"({min(recent):.1f}–{max(recent):.1f}× since `0115d47`) | "
                                                    f"{_met(full, lambda v: v <= 2)}")
@@ -77,5 +56,5 @@ def test_every_run_names_a_results_section_that_exists() -> None:
     assert len(headings) == 1, "README.md holds exactly one results section, the latest"
     history = re.findall(r"^## Results — .*? at (`[0-9a-f]{7}`)", RESULTS.read_text(encoding="utf-8"), re.M)
     assert history and not set(headings) & set(history)
-    named = {r[1].split(",")[0] for r in _runs(text) if r[1] != "—"}
+    named = {r[1].split(",")[0] for r in runs(text) if r[1] != "—"}
     assert named == set(headings) | set(history)

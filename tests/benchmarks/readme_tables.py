@@ -1,0 +1,31 @@
+"""Read benchmarks/README.md's Markdown: its sections, table rows and the numbers in cells
+(for the summary test and the smoke test, which checks the row each report prints)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+README = Path(__file__).resolve().parents[2] / "benchmarks" / "README.md"
+RESULTS = README.with_name("RESULTS.md")
+
+
+def section(text: str, heading: str) -> str:
+    """The body of the ``## heading`` section of ``text``, up to the next ``## `` heading."""
+    return text.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def rows(text: str) -> list[list[str]]:
+    """The cells of every table row in ``text`` (header and separator rows included)."""
+    return [[c.strip() for c in line.strip().strip("|").split("|")]
+            for line in text.splitlines() if line.startswith("| ")]
+
+
+def runs(text: str) -> list[list[str]]:
+    """The rows of "Every measured run", oldest first (one per run of the command)."""
+    return [r for r in rows(section(text, "Every measured run")) if r[0].startswith("`")]
+
+
+def num(cell: str) -> float:
+    """The number a cell starts with (``6.59×``, ``10.8 %``, ``3.79 GiB``)."""
+    return float(re.match(r"[\d.]+", cell).group())
