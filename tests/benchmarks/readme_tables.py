@@ -27,5 +27,8 @@ def runs(text: str) -> list[list[str]]:
 
 
 def num(cell: str) -> float:
-    """The number a cell starts with (``6.59×``, ``10.8 %``, ``3.79 GiB``)."""
-    return float(re.match(r"[\d.]+", cell).group())
+    """The number a cell starts with (``6.59×``, ``10.8 %``, ``3.79 GiB``); a cell without
+    one (``n/a``, ``—``) fails the test that reads it with the cell in the message."""
+    match = re.match(r"\d+(?:\.\d+)?", cell)
+    assert match, f"no number at the start of the cell {cell!r}"
+    return float(match.group())
