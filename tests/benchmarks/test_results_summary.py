@@ -1,8 +1,9 @@
 """benchmarks/README.md's "Where the targets stand" summarises its "Every measured run" table
-by hand after each measurement: the run and session counts, how often drift met its target
-and the ranges of the ratios and of peak memory. This test recomputes those figures from
-the table, so a row added without updating the summary (or a ratio that does not match its
-seconds) fails here instead of going unnoticed. Each row names the results section with
+by hand after each measurement: the run and session counts, how often drift met its
+target, the ranges of the ratios and of peak memory, and how far the drift ratio moved
+between the two runs of a session. This test recomputes those figures from the table, so
+a row added without updating the summary (or a ratio that does not match its seconds)
+fails here instead of going unnoticed. Each row names the results section with
 its run's figures: the latest at the end of README.md, the earlier ones in RESULTS.md."""
 
 from __future__ import annotations
@@ -40,6 +41,13 @@ def test_the_targets_summary_is_what_the_per_run_table_gives() -> None:
     assert _summary_cells(summary, "peak RSS") == f"{min(peak):.2f}–{max(peak):.2f} GiB | {_met(peak, lambda v: v <= 6)}"
     assert _summary_cells(summary, "drift step") == (f"{min(drift):.2f}–{max(drift):.2f}× | "
                                                      f"{_met(drift, lambda v: v <= 1.3)}")
+    # the noise: how far the drift ratio moved between the two runs of a session
+    by_session: dict[str, list[float]] = {}
+    for r in since:
+        by_session.setdefault(r[1].split(",")[0], []).append(num(r[5]))
+    moves = [round(max(d) - min(d), 2) for d in by_session.values() if len(d) == 2]
+    drift_row = next(" | ".join(r) for r in rows(summary) if r[0].startswith("drift step"))
+    assert f"by {min(moves):.2f}–{max(moves):.2f} between the two runs of one session" in drift_row
     recent = [num(r[4]) for r in since_0115d47]
     assert _summary_cells(summary, "full run") == (f"{min(full):.1f}–{max(full):.1f}× "
                                                    f"({min(recent):.1f}–{max(recent):.1f}× since `0115d47`) | "
