@@ -13,10 +13,14 @@ import re
 from tests.benchmarks.readme_tables import README, RESULTS, num, rows, runs, section
 
 
+def _summary_row(summary: str, target: str) -> list[str]:
+    """The cells of the summary row of ``target``."""
+    return next(r for r in rows(summary) if r[0].startswith(target))
+
+
 def _summary_cells(summary: str, target: str) -> str:
     """The "measured, all runs" and "met" cells of the summary row of ``target``."""
-    row = next(r for r in rows(summary) if r[0].startswith(target))
-    return " | ".join(row[1:3])
+    return " | ".join(_summary_row(summary, target)[1:3])
 
 
 def _met(values: list[float], ok) -> str:
@@ -36,18 +40,18 @@ def test_the_targets_summary_is_what_the_per_run_table_gives() -> None:
     full, drift = [num(r[4]) for r in since], [num(r[5]) for r in since]
     incremental, peak = [num(r[7]) for r in since], [num(r[8]) for r in since]
     summary = section(text, "Where the targets stand")
-    sessions = len({r[1].split(",")[0] for r in since})  # one results section per session
-    assert f"({len(since)} runs of the command in {sessions} sessions," in " ".join(summary.split())
+    # one results section per session; the drift ratio of each of its runs
+    by_session: dict[str, list[float]] = {}
+    for r in since:
+        by_session.setdefault(r[1].split(",")[0], []).append(num(r[5]))
+    assert f"({len(since)} runs of the command in {len(by_session)} sessions," in " ".join(summary.split())
     assert _summary_cells(summary, "peak RSS") == f"{min(peak):.2f}–{max(peak):.2f} GiB | {_met(peak, lambda v: v <= 6)}"
     assert _summary_cells(summary, "drift step") == (f"{min(drift):.2f}–{max(drift):.2f}× | "
                                                      f"{_met(drift, lambda v: v <= 1.3)}")
     # the noise: how far the drift ratio moved between the two runs of a session
-    by_session: dict[str, list[float]] = {}
-    for r in since:
-        by_session.setdefault(r[1].split(",")[0], []).append(num(r[5]))
     moves = [round(max(d) - min(d), 2) for d in by_session.values() if len(d) == 2]
-    drift_row = next(" | ".join(r) for r in rows(summary) if r[0].startswith("drift step"))
-    assert f"by {min(moves):.2f}–{max(moves):.2f} between the two runs of one session" in drift_row
+    assert (f"by {min(moves):.2f}–{max(moves):.2f} between the two runs of one session"
+            in " | ".join(_summary_row(summary, "drift step")))
     recent = [num(r[4]) for r in since_0115d47]
     assert _summary_cells(summary, "full run") == (f"{min(full):.1f}–{max(full):.1f}× "
                                                    f"({min(recent):.1f}–{max(recent):.1f}× since `0115d47`) | "
