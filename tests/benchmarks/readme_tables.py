@@ -27,8 +27,9 @@ def runs(text: str) -> list[list[str]]:
 
 
 def num(cell: str) -> float:
-    """The number a cell starts with (``6.59×``, ``10.8 %``, ``3.79 GiB``); a cell without
-    one (``n/a``, ``—``) fails the test that reads it with the cell in the message."""
-    match = re.match(r"\d+(?:\.\d+)?", cell)
+    """The number a cell starts with (``6.59×``, ``10.8 %``, ``3.79 GiB``, and ``1,012.4 s``
+    with the thousands separators the report writes); a cell without one (``n/a``, ``—``)
+    fails the test that reads it with the cell in the message."""
+    match = re.match(r"(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?", cell)
     assert match, f"no number at the start of the cell {cell!r}"
-    return float(match.group())
+    return float(match.group().replace(",", ""))

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from tests.benchmarks.readme_tables import README, RESULTS, num, rows, runs, section
 
 
@@ -70,3 +72,13 @@ def test_every_run_names_a_results_section_that_exists() -> None:
     assert history and not set(headings) & set(history)
     named = {r[1].split(",")[0] for r in runs(text) if r[1] != "—"}
     assert named == set(headings) | set(history)
+
+
+def test_a_cell_number_is_read_whole() -> None:
+    """The report writes thousands separators (``_f`` in run.py), so a run of 1,000 s or
+    more must read as that, not as 1; a cell that starts with no number still fails."""
+    assert num("1,012.4 s") == 1012.4
+    assert num("12,345 rows") == 12345
+    assert num("81.7 s") == 81.7 and num("6.65×") == 6.65 and num("12.2 %") == 12.2
+    with pytest.raises(AssertionError, match="'n/a'"):
+        num("n/a")
