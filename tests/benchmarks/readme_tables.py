@@ -11,8 +11,11 @@ RESULTS = README.with_name("RESULTS.md")
 
 
 def section(text: str, heading: str) -> str:
-    """The body of the ``## heading`` section of ``text``, up to the next ``## `` heading."""
-    return text.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    """The body of the ``## heading`` section of ``text``, up to the next ``## `` heading;
+    a heading that is not there (renamed, say) fails the test that reads it with its name."""
+    parts = text.split(f"\n## {heading}\n", 1)
+    assert len(parts) == 2, f"no '## {heading}' section in the text read"
+    return parts[1].split("\n## ", 1)[0]
 
 
 def rows(text: str) -> list[list[str]]:

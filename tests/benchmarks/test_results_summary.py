@@ -82,3 +82,11 @@ def test_a_cell_number_is_read_whole() -> None:
     assert num("81.7 s") == 81.7 and num("6.65×") == 6.65 and num("12.2 %") == 12.2
     with pytest.raises(AssertionError, match="'n/a'"):
         num("n/a")
+
+
+def test_a_missing_section_is_named() -> None:
+    """A renamed heading fails with the section's name, not with an IndexError."""
+    text = "# T\n\n## One\n\nbody\n\n## Two\n\nmore\n"
+    assert section(text, "One").strip() == "body" and section(text, "Two").strip() == "more"
+    with pytest.raises(AssertionError, match="'## Every measured run'"):
+        section(text, "Every measured run")
