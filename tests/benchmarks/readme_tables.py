@@ -29,6 +29,12 @@ def runs(text: str) -> list[list[str]]:
     return [r for r in rows(section(text, "Every measured run")) if r[0].startswith("`")]
 
 
+def results_of(row: list[str]) -> str:
+    """The results section a row of "Every measured run" names, one per measuring session:
+    the cell's commit without the machine ("`f1a15d4`, fifteenth" gives "`f1a15d4`")."""
+    return row[1].split(",")[0]
+
+
 def num(cell: str) -> float:
     """The number a cell starts with (``6.59×``, ``10.8 %``, ``3.79 GiB``, and ``1,012.4 s``
     with the thousands separators the report writes); a cell without one (``n/a``, ``—``)

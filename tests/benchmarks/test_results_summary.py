@@ -12,7 +12,7 @@ import re
 
 import pytest
 
-from tests.benchmarks.readme_tables import README, RESULTS, num, rows, runs, section
+from tests.benchmarks.readme_tables import README, RESULTS, num, results_of, rows, runs, section
 
 
 def _summary_row(summary: str, target: str) -> list[str]:
@@ -45,7 +45,7 @@ def test_the_targets_summary_is_what_the_per_run_table_gives() -> None:
     # one results section per session; the drift ratio of each of its runs
     by_session: dict[str, list[float]] = {}
     for r in since:
-        by_session.setdefault(r[1].split(",")[0], []).append(num(r[5]))
+        by_session.setdefault(results_of(r), []).append(num(r[5]))
     assert f"({len(since)} runs of the command in {len(by_session)} sessions," in " ".join(summary.split())
     assert _summary_cells(summary, "peak RSS") == f"{min(peak):.2f}–{max(peak):.2f} GiB | {_met(peak, lambda v: v <= 6)}"
     assert _summary_cells(summary, "drift step") == (f"{min(drift):.2f}–{max(drift):.2f}× | "
@@ -70,7 +70,7 @@ def test_every_run_names_a_results_section_that_exists() -> None:
     assert len(headings) == 1, "README.md holds exactly one results section, the latest"
     history = re.findall(r"^## Results — .*? at (`[0-9a-f]{7}`)", RESULTS.read_text(encoding="utf-8"), re.M)
     assert history and not set(headings) & set(history)
-    named = {r[1].split(",")[0] for r in runs(text) if r[1] != "—"}
+    named = {results_of(r) for r in runs(text) if r[1] != "—"}
     assert named == set(headings) | set(history)
 
 
