@@ -212,8 +212,10 @@ def clean_outputs(data_dir: Path) -> None:
 class Runner:
     def __init__(self, args, py: str, env: dict, logs: Path) -> None:
         self.args, self.py, self.env, self.logs = args, py, env, logs
-        distsync = Path(py).parent / "distsync"
-        self.cli = [str(distsync)] if distsync.exists() else [py, "-m", "pipelines.cli"]
+        # the code under test's own process entry, not the venv's console script: the
+        # script names the entry of the code installed (``entry`` since 4795751), which an
+        # older revision on PYTHONPATH (--code <rev>) may not have
+        self.cli = [py, "-m", "pipelines.cli"]
 
     def quiet(self) -> dict:
         return common.wait_for_quiet(log, max_wait=self.args.max_wait, limit_cores=self.args.quiet_cores)
