@@ -79,11 +79,13 @@ def entry() -> None:
 
     Before exiting it freezes every object still alive (``gc.freeze()``), so that CPython's
     finalization, which collects garbage over everything more than once, does not walk the
-    hundreds of thousands of Dagster, pydantic and polars objects again: about 0.4 s of every
-    ``distsync run`` at scale large, measured. Exit handlers still run, files are still
-    flushed and closed, and the warehouse and outbox connections are already closed by then;
-    the frozen objects' memory goes back with the process. Only this process entry does it,
-    never :func:`main`, which tests and the benchmark call in a process that goes on.
+    hundreds of thousands of Dagster, pydantic and polars objects again: about 0.5 s of every
+    ``distsync run`` at scale large, measured (README.md, "Performance"). Exit handlers still
+    run (logging's flush among them) and stdout and stderr are still flushed. Nothing is left
+    for a collection to finish: every file the run writes is closed and moved into place, and
+    the warehouse and outbox connections are closed, before :func:`main` returns; the frozen
+    objects' memory goes back with the process. Only this process entry freezes, never
+    :func:`main`, which tests and the benchmark call in a process that goes on.
     """
     status = main()
     gc.freeze()

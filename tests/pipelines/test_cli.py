@@ -50,7 +50,7 @@ def test_errors_are_one_line_with_a_non_zero_status(tmp_path):
 def test_the_command_spares_the_interpreter_its_final_garbage_collections(tmp_path):
     """``distsync`` (the console script and ``python -m pipelines.cli``) freezes what is
     still alive before it exits, so that CPython's finalization does not walk every Dagster,
-    pydantic and polars object again (about 0.4 s of every run; benchmarks/README.md).
+    pydantic and polars object again (about 0.5 s of every run; README.md, "Performance").
     Exit handlers still run, and the status is main()'s."""
     code = (
         "import atexit, gc, sys\n"
