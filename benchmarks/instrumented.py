@@ -385,6 +385,10 @@ def main(argv: list[str] | None = None) -> int:
         write_profile(profiler, args.profile)
         result["profile"] = args.profile
     Path(args.out).write_text(json.dumps(result, indent=1, default=str))
+    if hasattr(cli, "entry"):  # exit as the command under test does (pipelines.cli.entry)
+        import gc
+
+        gc.freeze()
     return rc
 
 
