@@ -9,7 +9,15 @@ Every figure comes from the kernel, never from guesses:
   ``/proc/self/status`` read inside a process;
 * machine load: ``/proc/loadavg`` before a run, and the CPU the *rest of the machine*
   used while the run was going on: busy jiffies of ``/proc/stat`` over the run minus the
-  child's own CPU, divided by the wall time (``others_cores``; 0 = the machine was ours).
+  child's own CPU, divided by the wall time (``others_cores``; 0 = the machine was ours);
+* disk wait: the ``iowait`` jiffies of ``/proc/stat`` over the run (machine-wide, summed
+  over the cores: time a core sat idle while a disk read or write was outstanding). Near 0
+  when the run's files came from the page cache.
+
+Before each measured run the benchmark reads the data directory's files once, untimed
+(:func:`read_into_page_cache`), so every run and floor starts from the same warm page
+cache: on a machine whose cache was reclaimed between runs, disk reads would otherwise be
+charged to whichever run read a file first.
 """
 
 from __future__ import annotations
@@ -44,6 +52,30 @@ def machine_busy_seconds() -> float:
     # user nice system idle iowait irq softirq steal guest guest_nice; guest is in user
     busy = v[0] + v[1] + v[2] + v[5] + v[6] + (v[7] if len(v) > 7 else 0)
     return busy / HZ
+
+
+def machine_iowait_seconds() -> float:
+    """Seconds the machine's cores have sat idle with disk I/O outstanding since boot."""
+    return int(Path("/proc/stat").read_text().splitlines()[0].split()[5]) / HZ
+
+
+def read_into_page_cache(*roots: Path, chunk: int = 8 << 20) -> dict:
+    """Read every file under ``roots`` once, discarding the bytes, so that the next run
+    finds them in the page cache. Returns the bytes (and MiB) read and the seconds it took (seconds
+    well above MiB / 2000 mean the cache had lost them and they came from the disk)."""
+    t0 = time.perf_counter()
+    total = 0
+    buf = bytearray(chunk)
+    for root in roots:
+        for dirpath, _dirs, files in os.walk(root):
+            for name in files:
+                try:
+                    with open(os.path.join(dirpath, name), "rb", buffering=0) as f:
+                        while n := f.readinto(buf):
+                            total += n
+                except OSError:  # a file removed or unreadable meanwhile: nothing to warm
+                    continue
+    return {"bytes": total, "mib": round(total / 2**20), "seconds": round(time.perf_counter() - t0, 2)}
 
 
 def proc_status_kb(field: str, pid: str = "self") -> int:
@@ -112,6 +144,7 @@ def run_measured(cmd: list[str], *, log_prefix: Path, env: dict | None = None, c
     out = open(f"{log_prefix}.out", "wb")
     err = open(f"{log_prefix}.err", "wb")
     busy0 = machine_busy_seconds()
+    iowait0 = machine_iowait_seconds()
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, cwd=cwd)
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -126,6 +159,7 @@ def run_measured(cmd: list[str], *, log_prefix: Path, env: dict | None = None, c
         time.sleep(0.02)
     wall = time.perf_counter() - t0
     busy = machine_busy_seconds() - busy0
+    iowait = machine_iowait_seconds() - iowait0
     proc.returncode = os.waitstatus_to_exitcode(status)
     out.close()
     err.close()
@@ -139,6 +173,7 @@ def run_measured(cmd: list[str], *, log_prefix: Path, env: dict | None = None, c
         "sys_s": round(ru.ru_stime, 3),
         "peak_rss_mib": round(ru.ru_maxrss / 1024, 1),
         "others_cores_during": round(max(0.0, busy - cpu) / wall, 2) if wall > 0 else None,
+        "iowait_s": round(iowait, 2),
         "stdout": f"{log_prefix}.out",
         "stderr": f"{log_prefix}.err",
     }

@@ -15,9 +15,10 @@
 5. prints the per-asset tables and the ratios against the targets, and writes
    ``benchmarks/out/report-<scale>.json`` and ``.md``.
 
-Every measured child starts when the others on the machine use less than
-``--quiet-cores`` cores (waiting at most ``--max-wait`` s); the load before and the
-others' CPU during each run are in the report.
+Every measured child starts with the data directory's files read into the page cache
+(untimed) and when the others on the machine use less than ``--quiet-cores`` cores
+(waiting at most ``--max-wait`` s); the load before, the others' CPU and the disk wait
+during each run are in the report.
 """
 
 from __future__ import annotations
@@ -210,15 +211,20 @@ def clean_outputs(data_dir: Path) -> None:
 
 # --- measured runs ---------------------------------------------------------------------------
 class Runner:
-    def __init__(self, args, py: str, env: dict, logs: Path) -> None:
-        self.args, self.py, self.env, self.logs = args, py, env, logs
+    def __init__(self, args, py: str, env: dict, logs: Path, data_dir: Path) -> None:
+        self.args, self.py, self.env, self.logs, self.data_dir = args, py, env, logs, data_dir
         # the code under test's own process entry, not the venv's console script: the
         # script names the entry of the code installed (``entry`` since 4795751), which an
         # older revision on PYTHONPATH (--code <rev>) may not have
         self.cli = [py, "-m", "pipelines.cli"]
 
     def quiet(self) -> dict:
-        return common.wait_for_quiet(log, max_wait=self.args.max_wait, limit_cores=self.args.quiet_cores)
+        """Before a measured run: the data directory's files (landing, lake, warehouse,
+        outbox) read into the page cache, then a quiet machine."""
+        warm = common.read_into_page_cache(self.data_dir)
+        state = common.wait_for_quiet(log, max_wait=self.args.max_wait, limit_cores=self.args.quiet_cores)
+        state["warmed"] = warm
+        return state
 
     def plain(self, name: str, cli_args: list[str]) -> dict:
         state = self.quiet()
@@ -456,17 +462,17 @@ def measured_run_row(rep: dict) -> str:
 
 
 def runs_table(rep: dict) -> str:
-    out = ["| run | wall s | CPU s | peak RSS MiB | load1 before | others' cores during |",
-           "|---|---:|---:|---:|---:|---:|"]
-    for name, r in rep["runs"].items():
+    out = ["| run | wall s | CPU s | peak RSS MiB | load1 before | others' cores during | disk wait during, s "
+           "| files read into the page cache before |",
+           "|---|---:|---:|---:|---:|---:|---:|---|"]
+    runs = [*rep["runs"].items(), *rep.get("floors", {}).items(),
+            *((f"datacompy-{k}", v) for k, v in rep.get("datacompy", {}).items())]
+    for name, r in runs:
         if r:
+            warm = r["machine"].get("warmed")
+            warmed = f"{warm['mib']:,} MiB in {warm['seconds']} s" if warm else ""
             out.append(f"| {name} | {_f(r['wall_s'], 2)} | {_f(r['cpu_s'], 2)} | {_f(r['peak_rss_mib'], 0)} | "
-                       f"{r['machine']['load1']} | {r['others_cores_during']} |")
-    for name, r in list(rep.get("floors", {}).items()) + [(f"datacompy-{k}", v) for k, v in
-                                                          rep.get("datacompy", {}).items()]:
-        if r:
-            out.append(f"| {name} | {_f(r['wall_s'], 2)} | {_f(r['cpu_s'], 2)} | {_f(r['peak_rss_mib'], 0)} | "
-                       f"{r['machine']['load1']} | {r['others_cores_during']} |")
+                       f"{r['machine']['load1']} | {r['others_cores_during']} | {r.get('iowait_s', '')} | {warmed} |")
     return "\n".join(out)
 
 
@@ -510,6 +516,9 @@ def markdown(rep: dict) -> str:
         measured_run_row(rep),
         "",
         "## Runs (each in its own process; wall, CPU = user+sys, peak RSS from the kernel)",
+        "",
+        "Disk wait: the machine's iowait over the run, summed over its cores (near 0 when the run's files "
+        "came from the page cache). Before each run the data directory's files were read once, untimed.",
         "",
         runs_table(rep),
     ]
@@ -562,7 +571,7 @@ def main(argv: list[str] | None = None) -> int:
     code, code_info = code_dir(args.code)
     py = common.project_python()
     env = child_env(code)
-    runner = Runner(args, py, env, logs)
+    runner = Runner(args, py, env, logs, data_dir)
     log(f"code: {code_info['code']} {code_info['commit'][:12]} ({code}); python {py}")
 
     landing = ensure_landing(data_dir, args.scale, py, env, logs)

@@ -48,6 +48,9 @@ def test_benchmark_harness_small(tmp_path: Path) -> None:
         assert r["returncode"] == 0
         assert r["wall_s"] > 0 and r["cpu_s"] > 0 and r["peak_rss_mib"] > 0
         assert r["machine"]["load1"] is not None and r["others_cores_during"] is not None
+        # each run started with the data directory read into the page cache (the full
+        # runs' data directory holds at least the landing), and its disk wait was measured
+        assert r["machine"]["warmed"]["bytes"] > 0 and r["iowait_s"] >= 0
     for floor in ("drift", "drift_lake", "run"):
         assert report["floors"][floor]["returncode"] == 0 and report["floors"][floor]["result"]
 
