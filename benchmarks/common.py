@@ -61,8 +61,8 @@ def machine_iowait_seconds() -> float:
 
 def read_into_page_cache(*roots: Path, chunk: int = 8 << 20) -> dict:
     """Read every file under ``roots`` once, discarding the bytes, so that the next run
-    finds them in the page cache. Returns the bytes (and MiB) read and the seconds it took (seconds
-    well above MiB / 2000 mean the cache had lost them and they came from the disk)."""
+    finds them in the page cache. Returns the bytes (and MiB) read and the seconds it
+    took: well above MiB / 2000 s means the cache had lost them and they came from the disk."""
     t0 = time.perf_counter()
     total = 0
     buf = bytearray(chunk)
