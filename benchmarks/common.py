@@ -14,9 +14,9 @@ Every figure comes from the kernel, never from guesses:
   over the cores: time a core sat idle while a disk read or write was outstanding). Near 0
   when the run's files came from the page cache.
 
-Before each measured run the benchmark reads the data directory's files once, untimed
-(:func:`read_into_page_cache`), so every run and floor starts from the same warm page
-cache: on a machine whose cache was reclaimed between runs, disk reads would otherwise be
+Before each measured run the benchmark reads the files the run reads once, untimed
+(:func:`ready_to_measure`), so every run, floor and partitioned variant starts from the
+same warm page cache: on a machine whose cache was reclaimed between runs, disk reads would otherwise be
 charged to whichever run read a file first.
 """
 
@@ -45,36 +45,30 @@ def loadavg() -> list[float]:
     return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
 
 
-def machine_busy_seconds() -> float:
-    """CPU seconds the whole machine has been busy since boot (all cores)."""
-    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    v = [int(x) for x in fields]
+def machine_cpu_seconds() -> tuple[float, float]:
+    """Since boot, summed over the cores: the seconds the machine was busy, and the
+    seconds a core sat idle with disk I/O outstanding (``iowait``)."""
+    v = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
     # user nice system idle iowait irq softirq steal guest guest_nice; guest is in user
     busy = v[0] + v[1] + v[2] + v[5] + v[6] + (v[7] if len(v) > 7 else 0)
-    return busy / HZ
+    return busy / HZ, v[4] / HZ
 
 
-def machine_iowait_seconds() -> float:
-    """Seconds the machine's cores have sat idle with disk I/O outstanding since boot."""
-    return int(Path("/proc/stat").read_text().splitlines()[0].split()[5]) / HZ
-
-
-def read_into_page_cache(*roots: Path, chunk: int = 8 << 20) -> dict:
-    """Read every file under ``roots`` once, discarding the bytes, so that the next run
+def read_into_page_cache(root: Path) -> dict:
+    """Read every file under ``root`` once, discarding the bytes, so that the next run
     finds them in the page cache. Returns the bytes (and MiB) read and the seconds it
     took: well above MiB / 2000 s means the cache had lost them and they came from the disk."""
     t0 = time.perf_counter()
     total = 0
-    buf = bytearray(chunk)
-    for root in roots:
-        for dirpath, _dirs, files in os.walk(root):
-            for name in files:
-                try:
-                    with open(os.path.join(dirpath, name), "rb", buffering=0) as f:
-                        while n := f.readinto(buf):
-                            total += n
-                except OSError:  # a file removed or unreadable meanwhile: nothing to warm
-                    continue
+    buf = bytearray(8 << 20)
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            try:
+                with open(os.path.join(dirpath, name), "rb", buffering=0) as f:
+                    while n := f.readinto(buf):
+                        total += n
+            except OSError:  # a file removed or unreadable meanwhile: nothing to warm
+                continue
     return {"bytes": total, "mib": round(total / 2**20), "seconds": round(time.perf_counter() - t0, 2)}
 
 
@@ -87,11 +81,11 @@ def proc_status_kb(field: str, pid: str = "self") -> int:
 
 def others_busy_cores(seconds: float = 2.0) -> float:
     """Cores kept busy by other processes over the next ``seconds`` (we are idle meanwhile)."""
-    b0 = machine_busy_seconds()
+    b0 = machine_cpu_seconds()[0]
     own0 = sum(os.times()[:4])
     time.sleep(seconds)
     own = sum(os.times()[:4]) - own0
-    return max(0.0, (machine_busy_seconds() - b0 - own) / seconds)
+    return max(0.0, (machine_cpu_seconds()[0] - b0 - own) / seconds)
 
 
 MAX_WAIT_S = 120.0  # --max-wait
@@ -134,6 +128,16 @@ def wait_for_quiet(log, max_wait: float = MAX_WAIT_S, limit_cores: float = QUIET
         time.sleep(8)
 
 
+def ready_to_measure(log, root: Path, max_wait: float = MAX_WAIT_S, limit_cores: float = QUIET_CORES) -> dict:
+    """Before each measured run: every file under ``root`` (the files the run reads) read
+    into the page cache (:func:`read_into_page_cache`, as ``warmed``), then a quiet
+    machine (:func:`wait_for_quiet`, whose state this returns)."""
+    warmed = read_into_page_cache(root)
+    state = wait_for_quiet(log, max_wait=max_wait, limit_cores=limit_cores)
+    state["warmed"] = warmed
+    return state
+
+
 def run_measured(cmd: list[str], *, log_prefix: Path, env: dict | None = None, cwd: Path | None = None,
                  timeout: float | None = None) -> dict:
     """Run ``cmd`` as a child; return wall, CPU (user+sys), peak RSS and the others' load.
@@ -143,8 +147,7 @@ def run_measured(cmd: list[str], *, log_prefix: Path, env: dict | None = None, c
     log_prefix.parent.mkdir(parents=True, exist_ok=True)
     out = open(f"{log_prefix}.out", "wb")
     err = open(f"{log_prefix}.err", "wb")
-    busy0 = machine_busy_seconds()
-    iowait0 = machine_iowait_seconds()
+    busy0, iowait0 = machine_cpu_seconds()
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, cwd=cwd)
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -158,8 +161,7 @@ def run_measured(cmd: list[str], *, log_prefix: Path, env: dict | None = None, c
             break
         time.sleep(0.02)
     wall = time.perf_counter() - t0
-    busy = machine_busy_seconds() - busy0
-    iowait = machine_iowait_seconds() - iowait0
+    busy, iowait = (b - a for a, b in zip((busy0, iowait0), machine_cpu_seconds()))
     proc.returncode = os.waitstatus_to_exitcode(status)
     out.close()
     err.close()

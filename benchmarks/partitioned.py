@@ -370,8 +370,8 @@ def main(argv: list[str] | None = None) -> int:
     variants = []
     for key in wanted:
         label, targets = plan[key]
-        common.wait_for_quiet(lambda m: print(m, file=sys.stderr), max_wait=args.max_wait,
-                              limit_cores=args.quiet_cores)
+        common.ready_to_measure(lambda m: print(m, file=sys.stderr), lake, max_wait=args.max_wait,
+                                limit_cores=args.quiet_cores)
         print(f"[partitioned] {label} ...", file=sys.stderr, flush=True)
         v = run_variant(label, targets)
         print(f"  {v['wall_s']:.2f} s wall, {v['cpu_s']:.2f} s CPU, peak per process "

@@ -220,11 +220,9 @@ class Runner:
 
     def quiet(self) -> dict:
         """Before a measured run: the data directory's files (landing, lake, warehouse,
-        outbox) read into the page cache, then a quiet machine."""
-        warm = common.read_into_page_cache(self.data_dir)
-        state = common.wait_for_quiet(log, max_wait=self.args.max_wait, limit_cores=self.args.quiet_cores)
-        state["warmed"] = warm
-        return state
+        outbox) in the page cache, and a quiet machine."""
+        return common.ready_to_measure(log, self.data_dir, max_wait=self.args.max_wait,
+                                       limit_cores=self.args.quiet_cores)
 
     def plain(self, name: str, cli_args: list[str]) -> dict:
         state = self.quiet()
@@ -469,10 +467,10 @@ def runs_table(rep: dict) -> str:
             *((f"datacompy-{k}", v) for k, v in rep.get("datacompy", {}).items())]
     for name, r in runs:
         if r:
-            warm = r["machine"].get("warmed")
-            warmed = f"{warm['mib']:,} MiB in {warm['seconds']} s" if warm else ""
+            warm = r["machine"]["warmed"]
             out.append(f"| {name} | {_f(r['wall_s'], 2)} | {_f(r['cpu_s'], 2)} | {_f(r['peak_rss_mib'], 0)} | "
-                       f"{r['machine']['load1']} | {r['others_cores_during']} | {r.get('iowait_s', '')} | {warmed} |")
+                       f"{r['machine']['load1']} | {r['others_cores_during']} | {r['iowait_s']} | "
+                       f"{warm['mib']:,} MiB in {warm['seconds']} s |")
     return "\n".join(out)
 
 
