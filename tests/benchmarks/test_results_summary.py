@@ -93,3 +93,24 @@ def test_a_missing_section_is_named() -> None:
     assert section(text, "One").strip() == "body" and section(text, "Two").strip() == "more"
     with pytest.raises(AssertionError, match="'## Every measured run'"):
         section(text, "Every measured run")
+
+
+def _anchors(text: str) -> set[str]:
+    """GitHub's anchors for the headings of ``text``: lower case, punctuation dropped,
+    spaces turned into hyphens."""
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
+            for h in re.findall(r"^#+ (.*)$", text, re.M)}
+
+
+def test_every_link_to_a_section_finds_it() -> None:
+    """Results sections move from README.md to RESULTS.md after each measuring session; a
+    link written as ``(#anchor)`` in README.md breaks in the move, so each ``#anchor`` link
+    in either file must name a heading of the file it points at."""
+    files = {"README.md": README, "RESULTS.md": RESULTS}
+    anchors = {name: _anchors(path.read_text(encoding="utf-8")) for name, path in files.items()}
+    broken = [(name, target or name, anchor)
+              for name, path in files.items()
+              for target, anchor in re.findall(r"\]\((README\.md|RESULTS\.md)?#([^)\s]+)\)",
+                                               path.read_text(encoding="utf-8"))
+              if anchor not in anchors[target or name]]
+    assert not broken, f"links to no heading (file, points at, anchor): {broken}"
