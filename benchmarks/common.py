@@ -56,8 +56,8 @@ def machine_cpu_seconds() -> tuple[float, float]:
 
 def read_into_page_cache(root: Path) -> dict:
     """Read every file under ``root`` once, discarding the bytes, so that the next run
-    finds them in the page cache. Returns the bytes (and MiB) read and the seconds it
-    took: well above MiB / 2000 s means the cache had lost them and they came from the disk."""
+    finds them in the page cache. Returns the bytes read and the seconds it took: well
+    above MiB / 2000 s means the cache had lost them and they came from the disk."""
     t0 = time.perf_counter()
     total = 0
     buf = bytearray(8 << 20)
@@ -69,7 +69,7 @@ def read_into_page_cache(root: Path) -> dict:
                         total += n
             except OSError:  # a file removed or unreadable meanwhile: nothing to warm
                 continue
-    return {"bytes": total, "mib": round(total / 2**20), "seconds": round(time.perf_counter() - t0, 2)}
+    return {"bytes": total, "seconds": round(time.perf_counter() - t0, 2)}
 
 
 def proc_status_kb(field: str, pid: str = "self") -> int:
@@ -161,7 +161,8 @@ def run_measured(cmd: list[str], *, log_prefix: Path, env: dict | None = None, c
             break
         time.sleep(0.02)
     wall = time.perf_counter() - t0
-    busy, iowait = (b - a for a, b in zip((busy0, iowait0), machine_cpu_seconds()))
+    busy1, iowait1 = machine_cpu_seconds()
+    busy, iowait = busy1 - busy0, iowait1 - iowait0
     proc.returncode = os.waitstatus_to_exitcode(status)
     out.close()
     err.close()

@@ -218,14 +218,14 @@ class Runner:
         # older revision on PYTHONPATH (--code <rev>) may not have
         self.cli = [py, "-m", "pipelines.cli"]
 
-    def quiet(self) -> dict:
+    def ready(self) -> dict:
         """Before a measured run: the data directory's files (landing, lake, warehouse,
         outbox) in the page cache, and a quiet machine."""
         return common.ready_to_measure(log, self.data_dir, max_wait=self.args.max_wait,
                                        limit_cores=self.args.quiet_cores)
 
     def plain(self, name: str, cli_args: list[str]) -> dict:
-        state = self.quiet()
+        state = self.ready()
         log(f"[{name}] distsync {' '.join(cli_args)}  (load {state['load1']}, others {state['others_cores_before']})")
         r = common.run_measured([*self.cli, *cli_args], log_prefix=self.logs / name, env=self.env)
         r["machine"] = state
@@ -235,7 +235,7 @@ class Runner:
         return r
 
     def instrumented(self, name: str, cli_args: list[str], profile: str | None = None) -> dict:
-        state = self.quiet()
+        state = self.ready()
         out = self.logs / f"{name}.steps.json"
         cmd = [self.py, str(HERE / "instrumented.py"), "--out", str(out)]
         if profile:
@@ -256,7 +256,7 @@ class Runner:
         return r
 
     def script(self, name: str, cmd: list[str], env: dict | None = None) -> dict:
-        state = self.quiet()
+        state = self.ready()
         log(f"[{name}] (load {state['load1']}, others {state['others_cores_before']})")
         r = common.run_measured(cmd, log_prefix=self.logs / name, env=env or self.env)
         r["machine"] = state
@@ -470,7 +470,7 @@ def runs_table(rep: dict) -> str:
             warm = r["machine"]["warmed"]
             out.append(f"| {name} | {_f(r['wall_s'], 2)} | {_f(r['cpu_s'], 2)} | {_f(r['peak_rss_mib'], 0)} | "
                        f"{r['machine']['load1']} | {r['others_cores_during']} | {r['iowait_s']} | "
-                       f"{warm['mib']:,} MiB in {warm['seconds']} s |")
+                       f"{round(warm['bytes'] / 2**20):,} MiB in {warm['seconds']} s |")
     return "\n".join(out)
 
 

@@ -106,11 +106,10 @@ def test_every_link_to_a_section_finds_it() -> None:
     """Results sections move from README.md to RESULTS.md after each measuring session; a
     link written as ``(#anchor)`` in README.md breaks in the move, so each ``#anchor`` link
     in either file must name a heading of the file it points at."""
-    files = {"README.md": README, "RESULTS.md": RESULTS}
-    anchors = {name: _anchors(path.read_text(encoding="utf-8")) for name, path in files.items()}
+    texts = {"README.md": README.read_text(encoding="utf-8"), "RESULTS.md": RESULTS.read_text(encoding="utf-8")}
+    anchors = {name: _anchors(text) for name, text in texts.items()}
     broken = [(name, target or name, anchor)
-              for name, path in files.items()
-              for target, anchor in re.findall(r"\]\((README\.md|RESULTS\.md)?#([^)\s]+)\)",
-                                               path.read_text(encoding="utf-8"))
+              for name, text in texts.items()
+              for target, anchor in re.findall(r"\]\((README\.md|RESULTS\.md)?#([^)\s]+)\)", text)
               if anchor not in anchors[target or name]]
     assert not broken, f"links to no heading (file, points at, anchor): {broken}"
