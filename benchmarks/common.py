@@ -176,7 +176,9 @@ def run_measured(cmd: list[str], *, log_prefix: Path, env: dict | None = None, c
         "sys_s": round(ru.ru_stime, 3),
         "peak_rss_mib": round(ru.ru_maxrss / 1024, 1),
         "others_cores_during": round(max(0.0, busy - cpu) / wall, 2) if wall > 0 else None,
-        "iowait_s": round(iowait, 2),
+        # the kernel's iowait counter can step back (proc_stat(5): "The value in this field
+        # may decrease in certain conditions"), which would print a negative disk wait
+        "iowait_s": round(max(0.0, iowait), 2),
         "stdout": f"{log_prefix}.out",
         "stderr": f"{log_prefix}.err",
     }
