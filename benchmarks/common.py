@@ -27,6 +27,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -54,21 +55,30 @@ def machine_cpu_seconds() -> tuple[float, float]:
     return busy / HZ, v[4] / HZ
 
 
-def read_into_page_cache(root: Path) -> dict:
-    """Read every file under ``root`` once, discarding the bytes, so that the next run
-    finds them in the page cache. Returns the bytes read and the seconds it took: well
-    above MiB / 2000 s means the cache had lost them and they came from the disk."""
+def _files_under(paths: Iterable[Path]) -> Iterator[str]:
+    """Each of ``paths`` that is a file, and every file under each that is a folder."""
+    for path in paths:
+        if os.path.isfile(path):
+            yield str(path)
+        for dirpath, _dirs, files in os.walk(path):
+            yield from (os.path.join(dirpath, name) for name in files)
+
+
+def read_into_page_cache(paths: Iterable[Path]) -> dict:
+    """Read each of ``paths`` (files, or folders read whole) once, discarding the bytes,
+    so that the next run finds them in the page cache. Returns the bytes read and the
+    seconds it took: well above MiB / 2000 s means the cache had lost them and they came
+    from the disk."""
     t0 = time.perf_counter()
     total = 0
     buf = bytearray(8 << 20)
-    for dirpath, _dirs, files in os.walk(root):
-        for name in files:
-            try:
-                with open(os.path.join(dirpath, name), "rb", buffering=0) as f:
-                    while n := f.readinto(buf):
-                        total += n
-            except OSError:  # a file removed or unreadable meanwhile: nothing to warm
-                continue
+    for name in _files_under(paths):
+        try:
+            with open(name, "rb", buffering=0) as f:
+                while n := f.readinto(buf):
+                    total += n
+        except OSError:  # a file removed or unreadable meanwhile: nothing to warm
+            continue
     return {"bytes": total, "seconds": round(time.perf_counter() - t0, 2)}
 
 
@@ -128,11 +138,12 @@ def wait_for_quiet(log, max_wait: float = MAX_WAIT_S, limit_cores: float = QUIET
         time.sleep(8)
 
 
-def ready_to_measure(log, root: Path, max_wait: float = MAX_WAIT_S, limit_cores: float = QUIET_CORES) -> dict:
-    """Before each measured run: every file under ``root`` (the files the run reads) read
-    into the page cache (:func:`read_into_page_cache`, as ``warmed``), then a quiet
-    machine (:func:`wait_for_quiet`, whose state this returns)."""
-    warmed = read_into_page_cache(root)
+def ready_to_measure(log, reads: Iterable[Path], max_wait: float = MAX_WAIT_S,
+                     limit_cores: float = QUIET_CORES) -> dict:
+    """Before each measured run: the files the run reads (``reads``: files, or folders
+    read whole) read into the page cache (:func:`read_into_page_cache`, as ``warmed``),
+    then a quiet machine (:func:`wait_for_quiet`, whose state this returns)."""
+    warmed = read_into_page_cache(reads)
     state = wait_for_quiet(log, max_wait=max_wait, limit_cores=limit_cores)
     state["warmed"] = warmed
     return state

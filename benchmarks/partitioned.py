@@ -370,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     variants = []
     for key in wanted:
         label, targets = plan[key]
-        common.ready_to_measure(lambda m: print(m, file=sys.stderr), lake, max_wait=args.max_wait,
+        common.ready_to_measure(lambda m: print(m, file=sys.stderr), [lake], max_wait=args.max_wait,
                                 limit_cores=args.quiet_cores)
         print(f"[partitioned] {label} ...", file=sys.stderr, flush=True)
         v = run_variant(label, targets)

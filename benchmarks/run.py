@@ -15,10 +15,11 @@
 5. prints the per-asset tables and the ratios against the targets, and writes
    ``benchmarks/out/report-<scale>.json`` and ``.md``.
 
-Every measured child starts with the data directory's files read into the page cache
-(untimed) and when the others on the machine use less than ``--quiet-cores`` cores
-(waiting at most ``--max-wait`` s); the load before, the others' CPU and the disk wait
-during each run are in the report.
+Every measured child starts with the files it reads in the page cache (read once,
+untimed: the data directory for the pipeline's runs, the current landing files for the
+floors and datacompy, the lake for the lake floor) and when the others on the machine
+use less than ``--quiet-cores`` cores (waiting at most ``--max-wait`` s); the load
+before, the others' CPU and the disk wait during each run are in the report.
 """
 
 from __future__ import annotations
@@ -218,11 +219,12 @@ class Runner:
         # older revision on PYTHONPATH (--code <rev>) may not have
         self.cli = [py, "-m", "pipelines.cli"]
 
-    def ready(self) -> dict:
-        """Before a measured run: the data directory's files (landing, lake, warehouse,
-        outbox) in the page cache, and a quiet machine."""
-        return common.ready_to_measure(log, self.data_dir, max_wait=self.args.max_wait,
-                                       limit_cores=self.args.quiet_cores)
+    def ready(self, reads: list[Path] | None = None) -> dict:
+        """Before a measured run: the files it reads in the page cache (by default the
+        whole data directory: landing, lake, warehouse, outbox, as a pipeline run reads
+        them), and a quiet machine."""
+        return common.ready_to_measure(log, [self.data_dir] if reads is None else reads,
+                                       max_wait=self.args.max_wait, limit_cores=self.args.quiet_cores)
 
     def plain(self, name: str, cli_args: list[str]) -> dict:
         state = self.ready()
@@ -255,8 +257,8 @@ class Runner:
             f"({len(steps['assets'])} assets), others used {r['others_cores_during']} cores meanwhile")
         return r
 
-    def script(self, name: str, cmd: list[str], env: dict | None = None) -> dict:
-        state = self.ready()
+    def script(self, name: str, cmd: list[str], env: dict | None = None, reads: list[Path] | None = None) -> dict:
+        state = self.ready(reads)
         log(f"[{name}] (load {state['load1']}, others {state['others_cores_before']})")
         r = common.run_measured(cmd, log_prefix=self.logs / name, env=env or self.env)
         r["machine"] = state
@@ -516,7 +518,9 @@ def markdown(rep: dict) -> str:
         "## Runs (each in its own process; wall, CPU = user+sys, peak RSS from the kernel)",
         "",
         "Disk wait: the machine's iowait over the run, summed over its cores (near 0 when the run's files "
-        "came from the page cache). Before each run the data directory's files were read once, untimed.",
+        "came from the page cache). Before each run the files it reads were read once, untimed: the data "
+        "directory for the pipeline's runs, the current landing files for the floors and datacompy, the lake "
+        "for the lake floor.",
         "",
         runs_table(rep),
     ]
@@ -607,12 +611,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.skip_plain:
         rep["runs"]["full"] = rep["runs"]["full_instrumented"]
     spec_path = logs / "current_files.json"
-    current_files_spec(data_dir, as_of, settings, spec_path)
+    spec = current_files_spec(data_dir, as_of, settings, spec_path)
+    # what the floors and datacompy read: the current landing files, or the lake
+    current = [Path(f) for files in spec["files"].values() for f in files]
     fl = logs / "floors"
     modes = ["drift", "drift-lake", "run"] + ([] if args.skip_window_floor else ["run-window"])
     for mode in modes:
         rep["floors"][mode.replace("-", "_")] = runner.script(
-            f"floor_{mode}", [py, str(HERE / "floors.py"), mode, "--files", str(spec_path), "--out", str(fl)])
+            f"floor_{mode}", [py, str(HERE / "floors.py"), mode, "--files", str(spec_path), "--out", str(fl)],
+            reads=[Path(spec["lake"])] if mode == "drift-lake" else current)
     if not args.skip_datacompy:
         dpy = ensure_datacompy_venv()
         denv = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
@@ -620,7 +627,7 @@ def main(argv: list[str] | None = None) -> int:
             rep["datacompy"][backend] = runner.script(
                 f"datacompy_{backend}", [str(dpy), str(HERE / "datacompy_bench.py"), "--backend", backend,
                                          "--files", str(spec_path), "--out", str(logs / f"datacompy_{backend}.json")],
-                env=denv)
+                env=denv, reads=current)
     added = add_transaction_file(data_dir / "landing", args.txn_rows)
     rep["added"] = added
     rep["runs"]["incremental_instrumented"] = runner.instrumented("incremental_instrumented", incremental_args(added))
@@ -631,7 +638,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.partitioned:
         r = runner.script("partitioned", [py, str(HERE / "partitioned.py"), "--data-dir", str(data_dir),
                                           "--as-of", rep["incremental_as_of"], "--json",
-                                          "--max-wait", str(args.max_wait), "--quiet-cores", str(args.quiet_cores)])
+                                          "--max-wait", str(args.max_wait), "--quiet-cores", str(args.quiet_cores)],
+                          reads=[])  # partitioned.py reads the lake into the cache before each variant
         rep["partitioned"] = r.get("result") or {"error": common.tail(r["stderr"])}
     # the hourly job the schedule runs (information): a second new WMS file, one hour later
     if not args.skip_hourly:

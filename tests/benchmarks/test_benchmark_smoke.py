@@ -53,6 +53,10 @@ def test_benchmark_harness_small(tmp_path: Path) -> None:
         assert r["machine"]["warmed"]["bytes"] > 0 and r["iowait_s"] >= 0
     for floor in ("drift", "drift_lake", "run"):
         assert report["floors"][floor]["returncode"] == 0 and report["floors"][floor]["result"]
+    # a floor reads the current landing files it is given, not the whole data directory
+    spec = json.loads((tmp_path / "logs-small" / "current_files.json").read_text())
+    current = sum(Path(f).stat().st_size for files in spec["files"].values() for f in files)
+    assert report["floors"]["run"]["machine"]["warmed"]["bytes"] == current
 
     sys.path.insert(0, str(ROOT))
     from pipelines.graph import ALL_ASSETS
