@@ -60,8 +60,9 @@ def _files_under(paths: Iterable[Path]) -> Iterator[str]:
     for path in paths:
         if os.path.isfile(path):
             yield str(path)
-        for dirpath, _dirs, files in os.walk(path):
-            yield from (os.path.join(dirpath, name) for name in files)
+        else:
+            for dirpath, _dirs, files in os.walk(path):
+                yield from (os.path.join(dirpath, name) for name in files)
 
 
 def read_into_page_cache(paths: Iterable[Path]) -> dict:
